@@ -1,0 +1,232 @@
+"""Saga and Step: what a user writes. Pure Python + pydantic, no Celery."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+from pydantic import BaseModel, ValidationError
+
+from sagaq.definition.graph import ancestors, topological_order
+from sagaq.errors import DefinitionError, InvalidInputError
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SAGA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+StepFn = Callable[["StepContext"], Any]
+CompensateFn = Callable[["StepContext", Any], Any]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step or compensation function receives."""
+
+    saga_id: str
+    saga: str
+    step: str
+    input: Any
+    results: Mapping[str, Any]
+    attempt: int = 1
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and redeliveries: use it to make side effects idempotent."""
+        return f"{self.saga_id}:{self.step}"
+
+
+@dataclass
+class Step:
+    """One step of a saga. Created by `@saga.step`; `@step.compensate` attaches its undo."""
+
+    saga: str
+    name: str
+    fn: StepFn
+    depends_on: tuple[str, ...] = ()
+    retry: int = 0
+    backoff: float = 0.5
+    timeout: float | None = None
+    queue: str | None = None
+    compensation: CompensateFn | None = field(default=None, repr=False)
+
+    def compensate(self, fn: CompensateFn) -> CompensateFn:
+        """Decorator: `fn(ctx, result)` undoes this step; `result` is what the step returned."""
+        if self.compensation is not None:
+            raise DefinitionError(f"step {self.saga}.{self.name} already has a compensation")
+        self.compensation = fn
+        return fn
+
+    def __call__(self, ctx: StepContext) -> Any:
+        return self.fn(ctx)
+
+
+class Saga:
+    """A named business transaction: steps with dependencies, each with an optional compensation.
+
+    Definition errors (cycle, unknown dependency, duplicate step, compensation for a step that does
+    not exist) raise DefinitionError when the decorator runs or, for forward references by name,
+    at `validate()`, which `SagaQ.register` calls.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        input: type[BaseModel] | None = None,
+        *,
+        queue: str = "default",
+        compensation_retry: int = 5,
+        compensation_backoff: float = 0.5,
+    ) -> None:
+        if not _SAGA_NAME.match(name):
+            raise DefinitionError(
+                f"invalid saga name {name!r}: use letters, digits, '_' and '-', "
+                "not starting with a digit"
+            )
+        if input is not None and not (isinstance(input, type) and issubclass(input, BaseModel)):
+            raise DefinitionError(f"saga {name!r}: input must be a pydantic model class or None")
+        self.name = name
+        self.input_model = input
+        self.queue = queue
+        self.compensation_retry = compensation_retry
+        self.compensation_backoff = compensation_backoff
+        self.steps: dict[str, Step] = {}
+        self._late_compensations: dict[str, CompensateFn] = {}
+
+    def __repr__(self) -> str:
+        return f"Saga({self.name!r}, steps={list(self.steps)})"
+
+    @overload
+    def step(self, fn: StepFn, /) -> Step: ...
+
+    @overload
+    def step(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[Step | str] = (),
+        retry: int = 0,
+        backoff: float = 0.5,
+        timeout: float | None = None,
+        queue: str | None = None,
+    ) -> Callable[[StepFn], Step]: ...
+
+    def step(
+        self,
+        fn: StepFn | None = None,
+        /,
+        *,
+        name: str | None = None,
+        depends_on: Iterable[Step | str] = (),
+        retry: int = 0,
+        backoff: float = 0.5,
+        timeout: float | None = None,
+        queue: str | None = None,
+    ) -> Step | Callable[[StepFn], Step]:
+        """Decorator that adds a step. `retry` is the number of retries after the first attempt."""
+
+        def add(fn: StepFn) -> Step:
+            step_name = name or fn.__name__
+            if not _NAME.match(step_name):
+                raise DefinitionError(f"saga {self.name!r}: invalid step name {step_name!r}")
+            if step_name in self.steps:
+                raise DefinitionError(f"saga {self.name!r}: duplicate step {step_name!r}")
+            if retry < 0 or backoff < 0 or (timeout is not None and timeout <= 0):
+                raise DefinitionError(
+                    f"saga {self.name!r} step {step_name!r}: retry and backoff must be >= 0 "
+                    "and timeout > 0"
+                )
+            step = Step(
+                saga=self.name,
+                name=step_name,
+                fn=fn,
+                depends_on=tuple(self._dependency_name(step_name, d) for d in depends_on),
+                retry=retry,
+                backoff=backoff,
+                timeout=timeout,
+                queue=queue or self.queue,
+            )
+            self.steps[step_name] = step
+            return step
+
+        return add(fn) if fn is not None else add
+
+    def compensation(self, step: str) -> Callable[[CompensateFn], CompensateFn]:
+        """Decorator attaching a compensation by step name (the step may be defined later)."""
+
+        def attach(fn: CompensateFn) -> CompensateFn:
+            if step in self.steps:
+                return self.steps[step].compensate(fn)
+            self._late_compensations[step] = fn
+            return fn
+
+        return attach
+
+    def _dependency_name(self, step_name: str, dep: Step | str) -> str:
+        if isinstance(dep, Step):
+            if dep.saga != self.name:
+                raise DefinitionError(
+                    f"saga {self.name!r} step {step_name!r} depends on step {dep.name!r} "
+                    f"of another saga ({dep.saga!r})"
+                )
+            return dep.name
+        return dep
+
+    @property
+    def dependencies(self) -> dict[str, tuple[str, ...]]:
+        return {name: step.depends_on for name, step in self.steps.items()}
+
+    def validate(self) -> None:
+        """Check the whole graph; raises DefinitionError naming what is wrong."""
+        if not self.steps:
+            raise DefinitionError(f"saga {self.name!r} has no steps")
+        for step_name, fn in list(self._late_compensations.items()):
+            if step_name not in self.steps:
+                raise DefinitionError(
+                    f"saga {self.name!r}: compensation {getattr(fn, '__name__', fn)!r} is for "
+                    f"step {step_name!r}, which does not exist"
+                )
+            self.steps[step_name].compensate(fn)
+            del self._late_compensations[step_name]
+        for step in self.steps.values():
+            for dep in step.depends_on:
+                if dep not in self.steps:
+                    raise DefinitionError(
+                        f"saga {self.name!r}: step {step.name!r} depends on unknown step {dep!r}"
+                    )
+                if dep == step.name:
+                    raise DefinitionError(f"saga {self.name!r}: step {dep!r} depends on itself")
+        topological_order(self.dependencies)
+
+    def order(self) -> list[str]:
+        """Step names in a valid execution order."""
+        return topological_order(self.dependencies)
+
+    def ancestors(self) -> dict[str, frozenset[str]]:
+        return ancestors(self.dependencies)
+
+    def parse_input(self, data: Any) -> dict[str, Any]:
+        """Validate input against the input model; returns the JSON-ready form that is stored."""
+        if self.input_model is None:
+            if not isinstance(data, Mapping):
+                raise InvalidInputError(
+                    f"saga {self.name!r} takes a JSON object as input, got {type(data).__name__}"
+                )
+            return dict(data)
+        try:
+            model = self.input_model.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(input)'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise InvalidInputError(f"invalid input for saga {self.name!r}: {problems}") from None
+        return model.model_dump(mode="json")
+
+    def load_input(self, stored: dict[str, Any]) -> Any:
+        """The object steps see as ctx.input: the model instance, or the plain dict."""
+        if self.input_model is None:
+            return stored
+        return self.input_model.model_validate(stored)

@@ -1,0 +1,60 @@
+"""Every error sagaq raises on purpose derives from SagaqError."""
+
+from __future__ import annotations
+
+
+class SagaqError(Exception):
+    """Raised for anything sagaq reports to its user; catch this to catch them all."""
+
+
+class DefinitionError(SagaqError):
+    """Raised when a saga definition is invalid (cycle, unknown dependency, duplicate step...)."""
+
+
+class UnknownSagaError(SagaqError):
+    """Raised when a saga name is not registered with the engine."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        listed = ", ".join(sorted(known)) or "none"
+        super().__init__(f"unknown saga {name!r} (registered sagas: {listed})")
+        self.name = name
+
+
+class InvalidInputError(SagaqError):
+    """Raised when saga input does not match the saga's input model; nothing was written."""
+
+
+class SagaNotFoundError(SagaqError):
+    """Raised when no saga with the given id exists in the store."""
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(f"no saga with id {saga_id!r}")
+        self.saga_id = saga_id
+
+
+class SagaTimeoutError(SagaqError):
+    """Raised when waiting for a saga to finish takes longer than the given timeout."""
+
+
+class StoreUnavailableError(SagaqError):
+    """Raised when the saga store (database) cannot be reached."""
+
+
+class BrokerUnavailableError(SagaqError):
+    """Raised when the Celery broker cannot be reached while publishing a saga."""
+
+
+class StepError(SagaqError):
+    """Base for errors a step raises to steer sagaq's retry policy."""
+
+
+class NonRetryableError(StepError):
+    """Raised by a step to fail at once, without retries, and start compensation."""
+
+
+class StepTimeoutError(StepError):
+    """Raised when a step runs longer than its timeout."""
+
+
+class UnserializableResultError(NonRetryableError):
+    """Raised when a step returns a value that cannot be stored as JSON."""

@@ -1,0 +1,157 @@
+"""The Celery tasks sagaq registers: one per step, one per compensation, the errback and the
+two finalizers. The store decides every transition; Celery only carries the work."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery, Task
+from celery.canvas import Signature
+from kombu.exceptions import OperationalError as BrokerError
+
+from sagaq.compiler import (
+    COMPENSATION_DONE_TASK,
+    SAGA_DONE_TASK,
+    STEP_FAILED_TASK,
+    compensation_task_name,
+    compile_compensation,
+    step_task_name,
+)
+from sagaq.definition.saga import Saga, Step, StepContext
+from sagaq.errors import BrokerUnavailableError, NonRetryableError
+from sagaq.runtime.invoke import backoff_delay, call_user, describe, to_json
+from sagaq.store import Claim, SagaStore, StepClaim
+
+log = logging.getLogger("sagaq")
+
+# How long a compensation waits for a sibling step that is still running, when the step has
+# no timeout of its own to go by.
+DEFAULT_STEP_LEASE = 600.0
+LOST_STEP_ERROR = "the step's task failed without reporting why (worker lost or hard time limit)"
+
+
+def publish(sig: Signature, attempts: int = 3) -> None:
+    """Send a canvas, retrying briefly when the broker hiccups."""
+    for attempt in range(1, attempts + 1):
+        try:
+            sig.apply_async()
+            return
+        except BrokerError as exc:
+            if attempt == attempts:
+                raise BrokerUnavailableError(f"cannot publish to the broker: {exc}") from exc
+            time.sleep(0.2 * attempt)
+
+
+def install_control_tasks(app: Celery, store: SagaStore, sagas: Mapping[str, Saga]) -> None:
+    """The errback and the finalizers, shared by every saga."""
+
+    @app.task(name=STEP_FAILED_TASK, ignore_result=True)
+    def step_failed(*, saga_id: str, saga: str, step: str) -> None:
+        # Keyword-only, so Celery sends this errback as a message instead of calling it inline.
+        plan = store.begin_compensation(saga_id, step, LOST_STEP_ERROR)
+        if plan is None:
+            return  # another errback (or a cancel) already started compensation
+        log.info("saga %s: step %s failed, compensating %s", saga_id, step, sorted(plan))
+        publish(compile_compensation(sagas[saga], saga_id, plan, app))
+
+    @app.task(name=SAGA_DONE_TASK, ignore_result=True)
+    def saga_done(*, saga_id: str) -> None:
+        store.finish_saga(saga_id)
+
+    @app.task(name=COMPENSATION_DONE_TASK, ignore_result=True)
+    def compensation_done(*, saga_id: str) -> None:
+        store.finish_compensation(saga_id)
+
+
+def install_saga_tasks(app: Celery, store: SagaStore, saga: Saga) -> None:
+    for step in saga.steps.values():
+        _install_step_task(app, store, saga, step)
+        if step.compensation is not None:
+            _install_compensation_task(app, store, saga, step)
+
+
+def _context(saga: Saga, step: Step, saga_id: str, claim: StepClaim) -> StepContext:
+    return StepContext(
+        saga_id=saga_id,
+        saga=saga.name,
+        step=step.name,
+        input=saga.load_input(claim.input or {}),
+        results=claim.results or {},
+        attempt=claim.attempts,
+    )
+
+
+def _install_step_task(app: Celery, store: SagaStore, saga: Saga, step: Step) -> None:
+    label = f"step {saga.name}.{step.name}"
+
+    @app.task(name=step_task_name(saga.name, step.name), bind=True, max_retries=None)
+    def run_step(task: Task[Any, None], *, saga_id: str) -> None:
+        claim = store.claim_step(saga_id, step.name, step.depends_on)
+        if claim.outcome is not Claim.RUN:
+            return  # already done (redelivery) or the saga moved on
+        try:
+            result = to_json(
+                call_user(step.fn, (_context(saga, step, saga_id, claim),), step.timeout), label
+            )
+        except Exception as exc:
+            # attempts counts redeliveries too: a step that keeps killing its worker stops.
+            retries = claim.attempts - 1
+            if not isinstance(exc, NonRetryableError) and retries < step.retry:
+                raise task.retry(exc=exc, countdown=backoff_delay(step.backoff, retries)) from exc
+            store.fail_step(saga_id, step.name, describe(exc))
+            raise  # Celery now calls our errback, which starts compensation
+        if not store.complete_step(saga_id, step.name, result):
+            _undo_late_step(store, saga, step, saga_id, claim, result)
+
+
+def _undo_late_step(
+    store: SagaStore, saga: Saga, step: Step, saga_id: str, claim: StepClaim, result: Any
+) -> None:
+    """The saga gave up on this step while it ran, and it succeeded after all: undo it here."""
+    if step.compensation is None:
+        return
+    store.compensate_late_step(saga_id, step.name, result)
+    ctx = _context(saga, step, saga_id, claim)
+    for attempt in range(saga.compensation_retry + 1):
+        try:
+            call_user(step.compensation, (ctx, result), step.timeout)
+        except Exception as exc:
+            if attempt == saga.compensation_retry:
+                store.fail_compensation(saga_id, step.name, describe(exc))
+                return
+            time.sleep(backoff_delay(saga.compensation_backoff, attempt))
+        else:
+            store.complete_compensation(saga_id, step.name)
+            return
+
+
+def _install_compensation_task(app: Celery, store: SagaStore, saga: Saga, step: Step) -> None:
+    assert step.compensation is not None
+    compensate = step.compensation
+    lease = (step.timeout or DEFAULT_STEP_LEASE) * (step.retry + 1) + 60.0
+
+    @app.task(name=compensation_task_name(saga.name, step.name), bind=True, max_retries=None)
+    def run_compensation(task: Task[Any, None], *, saga_id: str) -> None:
+        claim = store.claim_compensation(saga_id, step.name, step.depends_on)
+        if claim.outcome is Claim.WAIT:
+            # A sibling still running when compensation began: undo it once it finishes.
+            if time.time() - (claim.started_at or 0) < lease:
+                raise task.retry(countdown=min(0.05 * 2 ** min(task.request.retries, 6), 2.0))
+            store.fail_step(saga_id, step.name, "never reported back; treated as not applied")
+            return
+        if claim.outcome is not Claim.RUN:
+            return
+        try:
+            ctx = _context(saga, step, saga_id, claim)
+            call_user(compensate, (ctx, claim.result), step.timeout)
+        except Exception as exc:
+            retries = claim.attempts - 1
+            if retries < saga.compensation_retry:
+                delay = backoff_delay(saga.compensation_backoff, retries)
+                raise task.retry(exc=exc, countdown=delay) from exc
+            store.fail_compensation(saga_id, step.name, describe(exc))
+            raise  # stops the compensation chain: the saga is FAILED and needs an operator
+        store.complete_compensation(saga_id, step.name)

@@ -1,0 +1,572 @@
+"""SagaStore: every state transition is one conditional UPDATE, so concurrent and redelivered
+tasks cannot corrupt state. The same code serves SQLite and PostgreSQL; `SagaStore(url)` picks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from sagaq.errors import StoreUnavailableError
+from sagaq.status import SagaStatus, StepStatus
+from sagaq.store.schema import metadata, saga, saga_step
+
+# A saga is "active" until compensation starts; PENDING means its canvas may not be published yet.
+ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    status: StepStatus
+    attempts: int
+    result: Any
+    error: str | None
+    started_at: float | None
+    finished_at: float | None
+    compensation_attempts: int
+    compensation_error: str | None
+    compensation_started_at: float | None
+    compensated_at: float | None
+
+
+@dataclass(frozen=True)
+class SagaRecord:
+    id: str
+    name: str
+    status: SagaStatus
+    input: dict[str, Any]
+    idempotency_key: str | None
+    failed_step: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    steps: tuple[StepRecord, ...]
+
+
+class Claim(Enum):
+    RUN = "run"  # go ahead
+    DONE = "done"  # already done earlier: do not run again
+    WAIT = "wait"  # (compensation) the step is still running: try again shortly
+    SKIP = "skip"  # nothing to do (saga moved on, step skipped or never ran)
+    HALT = "halt"  # (compensation) the saga FAILED: stop here
+
+
+@dataclass(frozen=True)
+class StepClaim:
+    outcome: Claim
+    attempts: int = 0
+    input: dict[str, Any] | None = None
+    results: dict[str, Any] | None = None
+    result: Any = None  # the step's stored result (DONE, and compensation RUN)
+    started_at: float | None = None
+
+
+class SagaStore:
+    """SQL state of sagas and steps. Creates its tables on first use."""
+
+    def __init__(self, url: str, *, create_tables: bool = True) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        if create_tables:
+            self.create_tables()
+
+    def __repr__(self) -> str:
+        return f"SagaStore({self.safe_url})"
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def create_tables(self) -> None:
+        with self._begin() as conn:
+            if not self.is_sqlite:  # several workers may start at once
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7400111)")
+            metadata.create_all(conn, checkfirst=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreUnavailableError(
+                f"saga store {self.safe_url} is unavailable: {_first_line(exc.orig or exc)}"
+            ) from exc
+
+    # -- starting -------------------------------------------------------------------------
+
+    def create_saga(
+        self,
+        saga_id: str,
+        name: str,
+        input: dict[str, Any],
+        steps: Sequence[str],
+        idempotency_key: str | None = None,
+    ) -> tuple[str, bool]:
+        """Insert the saga and its PENDING steps in one transaction.
+        Returns (id, created); a known idempotency key returns the existing saga's id."""
+        if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
+            return found, False
+        now = time.time()
+        try:
+            with self._begin() as conn:
+                conn.execute(
+                    insert(saga).values(
+                        id=saga_id,
+                        name=name,
+                        status=SagaStatus.PENDING,
+                        input=input,
+                        idempotency_key=idempotency_key,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                conn.execute(
+                    insert(saga_step),
+                    [
+                        {
+                            "saga_id": saga_id,
+                            "name": step,
+                            "position": i,
+                            "status": StepStatus.PENDING,
+                            "attempts": 0,
+                            "compensation_attempts": 0,
+                        }
+                        for i, step in enumerate(steps)
+                    ],
+                )
+        except IntegrityError:
+            # Another start with the same key won the race.
+            if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
+                return found, False
+            raise
+        return saga_id, True
+
+    def _find_by_key(self, name: str, key: str) -> str | None:
+        with self._begin() as conn:
+            found: str | None = conn.execute(
+                select(saga.c.id).where(saga.c.name == name, saga.c.idempotency_key == key)
+            ).scalar()
+        return found
+
+    def mark_published(self, saga_id: str) -> None:
+        self._set_saga_status(saga_id, SagaStatus.RUNNING, (SagaStatus.PENDING,))
+
+    def delete_saga(self, saga_id: str) -> None:
+        """Remove a saga whose canvas could not be published (nothing of it ran)."""
+        with self._begin() as conn:
+            conn.execute(delete(saga_step).where(saga_step.c.saga_id == saga_id))
+            conn.execute(delete(saga).where(saga.c.id == saga_id))
+
+    # -- forward steps --------------------------------------------------------------------
+
+    def claim_step(self, saga_id: str, step: str, deps: Sequence[str]) -> StepClaim:
+        """PENDING->RUNNING (or RUNNING->RUNNING on redelivery), attempts+1, while the saga is
+        active. Returns the saga input and dependency results for the step to run with."""
+        now = time.time()
+        with self._begin() as conn:
+            attempts = conn.execute(
+                update(saga_step)
+                .where(
+                    _step_key(saga_id, step),
+                    saga_step.c.status.in_((StepStatus.PENDING, StepStatus.RUNNING)),
+                    exists().where(saga.c.id == saga_id, saga.c.status.in_(ACTIVE)),
+                )
+                .values(
+                    status=StepStatus.RUNNING,
+                    attempts=saga_step.c.attempts + 1,
+                    started_at=func.coalesce(saga_step.c.started_at, now),
+                )
+                .returning(saga_step.c.attempts)
+            ).scalar()
+            if attempts is None:
+                return self._refused_step_claim(conn, saga_id, step, now)
+            saga_input = conn.execute(select(saga.c.input).where(saga.c.id == saga_id)).scalar()
+            results = self._results(conn, saga_id, deps)
+        return StepClaim(Claim.RUN, attempts=attempts, input=saga_input, results=results)
+
+    def _refused_step_claim(
+        self, conn: Connection, saga_id: str, step: str, now: float
+    ) -> StepClaim:
+        row = conn.execute(
+            select(saga_step.c.status, saga_step.c.result).where(_step_key(saga_id, step))
+        ).first()
+        if row is None:
+            return StepClaim(Claim.SKIP)
+        if row.status == StepStatus.COMPLETED:
+            return StepClaim(Claim.DONE, result=row.result)
+        if row.status == StepStatus.RUNNING:
+            # A retry or redelivery arriving after compensation began: this attempt will not
+            # run, so the step is over. Should an earlier attempt still finish, it finds the row
+            # FAILED and undoes its own effect (see runtime).
+            conn.execute(
+                update(saga_step)
+                .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.RUNNING)
+                .values(
+                    status=StepStatus.FAILED,
+                    finished_at=now,
+                    error="not retried: the saga stopped while this step was between attempts",
+                )
+            )
+        return StepClaim(Claim.SKIP)
+
+    def _results(self, conn: Connection, saga_id: str, steps: Sequence[str]) -> dict[str, Any]:
+        if not steps:
+            return {}
+        rows = conn.execute(
+            select(saga_step.c.name, saga_step.c.result).where(
+                saga_step.c.saga_id == saga_id, saga_step.c.name.in_(steps)
+            )
+        )
+        return {r.name: r.result for r in rows}
+
+    def complete_step(self, saga_id: str, step: str, result: Any) -> bool:
+        """RUNNING->COMPLETED. False when the row was no longer RUNNING (the saga gave up on it)."""
+        return self._update_step(
+            saga_id,
+            step,
+            (StepStatus.RUNNING,),
+            status=StepStatus.COMPLETED,
+            result=result,
+            finished_at=time.time(),
+        )
+
+    def fail_step(self, saga_id: str, step: str, error: str) -> bool:
+        return self._update_step(
+            saga_id,
+            step,
+            (StepStatus.RUNNING,),
+            status=StepStatus.FAILED,
+            error=error,
+            finished_at=time.time(),
+        )
+
+    def finish_saga(self, saga_id: str) -> bool:
+        """Active->COMPLETED, only when every step is COMPLETED or SKIPPED."""
+        unfinished = exists().where(
+            saga_step.c.saga_id == saga_id,
+            saga_step.c.status.not_in((StepStatus.COMPLETED, StepStatus.SKIPPED)),
+        )
+        now = time.time()
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id, saga.c.status.in_(ACTIVE), ~unfinished)
+                .values(status=SagaStatus.COMPLETED, updated_at=now, finished_at=now)
+            )
+        return done.rowcount == 1
+
+    # -- compensation ---------------------------------------------------------------------
+
+    def begin_compensation(
+        self, saga_id: str, failed_step: str, lost_error: str
+    ) -> dict[str, StepStatus] | None:
+        """Active->COMPENSATING in one conditional UPDATE: only the first caller gets the plan
+        (the steps COMPLETED or still RUNNING); later callers get None. Steps that never
+        started become SKIPPED in the same transaction, so none of them can start any more."""
+        now = time.time()
+        with self._begin() as conn:
+            won = conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id, saga.c.status.in_(ACTIVE))
+                .values(status=SagaStatus.COMPENSATING, updated_at=now)
+            )
+            if won.rowcount != 1:
+                return None
+            conn.execute(
+                update(saga_step)
+                .where(saga_step.c.saga_id == saga_id, saga_step.c.status == StepStatus.PENDING)
+                .values(status=StepStatus.SKIPPED)
+            )
+            # The task failed without our wrapper recording why (worker lost, hard time limit).
+            conn.execute(
+                update(saga_step)
+                .where(_step_key(saga_id, failed_step), saga_step.c.status == StepStatus.RUNNING)
+                .values(status=StepStatus.FAILED, error=lost_error, finished_at=now)
+            )
+            rows = conn.execute(
+                select(saga_step.c.name, saga_step.c.status, saga_step.c.error)
+                .where(saga_step.c.saga_id == saga_id)
+                .order_by(saga_step.c.position)
+            ).all()
+            failed = [r for r in rows if r.status == StepStatus.FAILED]
+            # Prefer the step whose errback this is; a chord may also call its body's errbacks.
+            culprit = next((r for r in failed if r.name == failed_step), None)
+            culprit = culprit or (failed[0] if failed else None)
+            if culprit is not None:
+                conn.execute(
+                    update(saga)
+                    .where(saga.c.id == saga_id)
+                    .values(failed_step=culprit.name, error=culprit.error)
+                )
+        return {
+            r.name: StepStatus(r.status)
+            for r in rows
+            if r.status in (StepStatus.COMPLETED, StepStatus.RUNNING)
+        }
+
+    def claim_compensation(self, saga_id: str, step: str, deps: Sequence[str]) -> StepClaim:
+        """COMPLETED->COMPENSATING (or again on retry/redelivery) while the saga is COMPENSATING."""
+        now = time.time()
+        with self._begin() as conn:
+            row = conn.execute(
+                update(saga_step)
+                .where(
+                    _step_key(saga_id, step),
+                    saga_step.c.status.in_((StepStatus.COMPLETED, StepStatus.COMPENSATING)),
+                    exists().where(saga.c.id == saga_id, saga.c.status == SagaStatus.COMPENSATING),
+                )
+                .values(
+                    status=StepStatus.COMPENSATING,
+                    compensation_attempts=saga_step.c.compensation_attempts + 1,
+                    compensation_started_at=func.coalesce(saga_step.c.compensation_started_at, now),
+                )
+                .returning(saga_step.c.compensation_attempts, saga_step.c.result)
+            ).first()
+            if row is None:
+                return self._refused_compensation_claim(conn, saga_id, step)
+            saga_input = conn.execute(select(saga.c.input).where(saga.c.id == saga_id)).scalar()
+            results = self._results(conn, saga_id, deps)
+        return StepClaim(
+            Claim.RUN,
+            attempts=row.compensation_attempts,
+            input=saga_input,
+            results=results,
+            result=row.result,
+        )
+
+    def _refused_compensation_claim(self, conn: Connection, saga_id: str, step: str) -> StepClaim:
+        row = conn.execute(
+            select(saga_step.c.status, saga_step.c.started_at, saga.c.status.label("saga_status"))
+            .join(saga, saga.c.id == saga_step.c.saga_id)
+            .where(_step_key(saga_id, step))
+        ).first()
+        if row is None:
+            return StepClaim(Claim.SKIP)
+        if row.saga_status == SagaStatus.FAILED:
+            return StepClaim(Claim.HALT)
+        if row.status == StepStatus.COMPENSATED:
+            return StepClaim(Claim.DONE)
+        if row.status == StepStatus.RUNNING:
+            return StepClaim(Claim.WAIT, started_at=row.started_at)
+        return StepClaim(Claim.SKIP)
+
+    def complete_compensation(self, saga_id: str, step: str) -> bool:
+        return self._update_step(
+            saga_id,
+            step,
+            (StepStatus.COMPENSATING,),
+            status=StepStatus.COMPENSATED,
+            compensated_at=time.time(),
+        )
+
+    def fail_compensation(self, saga_id: str, step: str, error: str) -> None:
+        """The step could not be undone: the saga is FAILED and needs an operator."""
+        now = time.time()
+        with self._begin() as conn:
+            conn.execute(
+                update(saga_step)
+                .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.COMPENSATING)
+                .values(status=StepStatus.COMPENSATION_FAILED, compensation_error=error)
+            )
+            conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id, saga.c.status == SagaStatus.COMPENSATING)
+                .values(
+                    status=SagaStatus.FAILED,
+                    error=f"compensation of step {step!r} failed: {error}",
+                    updated_at=now,
+                    finished_at=now,
+                )
+            )
+
+    def compensate_late_step(self, saga_id: str, step: str, result: Any) -> None:
+        """Record that a step finished after the saga gave up on it (it will undo itself)."""
+        self._update_step(
+            saga_id,
+            step,
+            (StepStatus.FAILED,),
+            status=StepStatus.COMPENSATING,
+            result=result,
+            compensation_attempts=1,
+            compensation_started_at=time.time(),
+        )
+
+    def finish_compensation(self, saga_id: str) -> bool:
+        """COMPENSATING->COMPENSATED, unless some compensation is unfinished or failed."""
+        unfinished = exists().where(
+            saga_step.c.saga_id == saga_id,
+            saga_step.c.status.in_(
+                (StepStatus.RUNNING, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED)
+            ),
+        )
+        now = time.time()
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id, saga.c.status == SagaStatus.COMPENSATING, ~unfinished)
+                .values(status=SagaStatus.COMPENSATED, updated_at=now, finished_at=now)
+            )
+        return done.rowcount == 1
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, saga_id: str) -> SagaRecord | None:
+        with self._begin() as conn:
+            head = conn.execute(select(saga).where(saga.c.id == saga_id)).first()
+            if head is None:
+                return None
+            steps = conn.execute(
+                select(saga_step)
+                .where(saga_step.c.saga_id == saga_id)
+                .order_by(saga_step.c.position)
+            ).all()
+        return _saga_record(head, steps)
+
+    def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+    ) -> list[SagaRecord]:
+        """Newest first, without step rows (use get() for those)."""
+        query = select(saga).order_by(saga.c.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(saga.c.status == status)
+        if name is not None:
+            query = query.where(saga.c.name == name)
+        if since is not None:
+            query = query.where(saga.c.created_at >= since)
+        with self._begin() as conn:
+            return [_saga_record(row, []) for row in conn.execute(query)]
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _set_saga_status(
+        self, saga_id: str, status: SagaStatus, allowed: Sequence[SagaStatus]
+    ) -> bool:
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id, saga.c.status.in_(allowed))
+                .values(status=status, updated_at=time.time())
+            )
+        return done.rowcount == 1
+
+    def _update_step(
+        self, saga_id: str, step: str, allowed: Sequence[StepStatus], **values: Any
+    ) -> bool:
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga_step)
+                .where(_step_key(saga_id, step), saga_step.c.status.in_(allowed))
+                .values(**values)
+            )
+        return done.rowcount == 1
+
+
+def _step_key(saga_id: str, step: str) -> Any:
+    return and_(saga_step.c.saga_id == saga_id, saga_step.c.name == step)
+
+
+def _saga_record(head: Any, steps: Sequence[Any]) -> SagaRecord:
+    return SagaRecord(
+        id=head.id,
+        name=head.name,
+        status=SagaStatus(head.status),
+        input=head.input,
+        idempotency_key=head.idempotency_key,
+        failed_step=head.failed_step,
+        error=head.error,
+        created_at=head.created_at,
+        updated_at=head.updated_at,
+        finished_at=head.finished_at,
+        steps=tuple(
+            StepRecord(
+                name=s.name,
+                status=StepStatus(s.status),
+                attempts=s.attempts,
+                result=s.result,
+                error=s.error,
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+                compensation_attempts=s.compensation_attempts,
+                compensation_error=s.compensation_error,
+                compensation_started_at=s.compensation_started_at,
+                compensated_at=s.compensated_at,
+            )
+            for s in steps
+        ),
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=1800)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise StoreUnavailableError(
+                "an in-memory SQLite store is not shared between worker threads; "
+                "use a file, e.g. sqlite:///sagaq.db"
+            )
+        engine = create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+        _serialize_sqlite_writes(engine)
+        return engine
+    raise StoreUnavailableError(
+        f"unsupported store URL {parsed.render_as_string(hide_password=True)!r}: "
+        "use sqlite:///file.db or postgresql://..."
+    )
+
+
+def _serialize_sqlite_writes(engine: Engine) -> None:
+    """SQLite: WAL, and BEGIN IMMEDIATE so a transaction that reads then writes never fails
+    with 'database is locked' on upgrade; writers queue on the busy timeout instead."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        dbapi_conn.isolation_level = None  # let us issue BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
