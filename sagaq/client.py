@@ -18,7 +18,8 @@ from sagaq.errors import (
     SagaTimeoutError,
     UnknownSagaError,
 )
-from sagaq.runtime import install_control_tasks, install_saga_tasks, publish
+from sagaq.observability.events import EventBus, EventType, SagaEvent
+from sagaq.runtime import Runtime, install_control_tasks, install_saga_tasks, publish
 from sagaq.status import SagaStatus, StepStatus
 from sagaq.store import SagaRecord, SagaStore, StepRecord
 
@@ -120,7 +121,9 @@ class SagaQ:
         self.app = app
         self.store = store if isinstance(store, SagaStore) else SagaStore(store)
         self.sagas: dict[str, Saga] = {}
-        install_control_tasks(app, self.store, self.sagas)
+        self.events = EventBus()
+        self.runtime = Runtime(app, self.store, self.events, self.sagas)
+        install_control_tasks(self.runtime)
 
     def register(self, *sagas: Saga) -> None:
         """Validate each saga and create its Celery tasks (`<saga>.<step>`)."""
@@ -131,7 +134,7 @@ class SagaQ:
             if known is not None:
                 raise DefinitionError(f"another saga named {saga.name!r} is already registered")
             saga.validate()
-            install_saga_tasks(self.app, self.store, saga)
+            install_saga_tasks(self.runtime, saga)
             self.sagas[saga.name] = saga
 
     def queues(self) -> list[str]:
@@ -168,6 +171,7 @@ class SagaQ:
                 self.store.delete_saga(saga_id)
                 raise BrokerUnavailableError(f"saga {name!r} was not started: {exc}") from exc
             self.store.mark_published(saga_id)
+            self.events.emit(SagaEvent(EventType.SAGA_STARTED, saga_id, name))
         return SagaHandle(self, saga_id, created)
 
     def status(self, saga_id: str) -> SagaResult:

@@ -156,7 +156,7 @@ def compile_saga(saga: Saga, saga_id: str, app: Celery | None = None) -> Signatu
         sig.on_error(errback)  # link_error: immutable, so Celery cannot fail to encode it
         return sig
 
-    done = _sig(app, SAGA_DONE_TASK, {"saga_id": saga_id}, saga.queue)
+    done = _sig(app, SAGA_DONE_TASK, {"saga_id": saga_id, "saga": saga.name}, saga.queue)
     return _with_finalizer(forward_shape(saga), step_sig, done)
 
 
@@ -166,7 +166,7 @@ def compile_compensation(
     """The canvas that undoes `steps` in reverse dependency order, then marks the saga
     COMPENSATED. Steps without a compensation function are left out."""
     undoable = [s for s in steps if saga.steps[s].compensation is not None]
-    done = _sig(app, COMPENSATION_DONE_TASK, {"saga_id": saga_id}, saga.queue)
+    done = _sig(app, COMPENSATION_DONE_TASK, {"saga_id": saga_id, "saga": saga.name}, saga.queue)
     shape = compensation_shape(saga, undoable)
     if shape is None:
         return done

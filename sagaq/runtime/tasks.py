@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Task
@@ -22,6 +23,7 @@ from sagaq.compiler import (
 )
 from sagaq.definition.saga import Saga, Step, StepContext
 from sagaq.errors import BrokerUnavailableError, NonRetryableError
+from sagaq.observability.events import EventBus, EventType, SagaEvent
 from sagaq.runtime.invoke import backoff_delay, call_user, describe, to_json
 from sagaq.store import Claim, SagaStore, StepClaim
 
@@ -31,6 +33,19 @@ log = logging.getLogger("sagaq")
 # no timeout of its own to go by.
 DEFAULT_STEP_LEASE = 600.0
 LOST_STEP_ERROR = "the step's task failed without reporting why (worker lost or hard time limit)"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every sagaq task needs: where to publish, where state lives, who listens."""
+
+    app: Celery
+    store: SagaStore
+    events: EventBus
+    sagas: Mapping[str, Saga]
+
+    def emit(self, type: EventType, saga_id: str, saga: str, **details: Any) -> None:
+        self.events.emit(SagaEvent(type, saga_id, saga, **details))
 
 
 def publish(sig: Signature, attempts: int = 3) -> None:
@@ -45,32 +60,35 @@ def publish(sig: Signature, attempts: int = 3) -> None:
             time.sleep(0.2 * attempt)
 
 
-def install_control_tasks(app: Celery, store: SagaStore, sagas: Mapping[str, Saga]) -> None:
+def install_control_tasks(rt: Runtime) -> None:
     """The errback and the finalizers, shared by every saga."""
+    store = rt.store
 
-    @app.task(name=STEP_FAILED_TASK, ignore_result=True)
+    @rt.app.task(name=STEP_FAILED_TASK, ignore_result=True)
     def step_failed(*, saga_id: str, saga: str, step: str) -> None:
         # Keyword-only, so Celery sends this errback as a message instead of calling it inline.
         plan = store.begin_compensation(saga_id, step, LOST_STEP_ERROR)
         if plan is None:
             return  # another errback (or a cancel) already started compensation
         log.info("saga %s: step %s failed, compensating %s", saga_id, step, sorted(plan))
-        publish(compile_compensation(sagas[saga], saga_id, plan, app))
+        publish(compile_compensation(rt.sagas[saga], saga_id, plan, rt.app))
 
-    @app.task(name=SAGA_DONE_TASK, ignore_result=True)
-    def saga_done(*, saga_id: str) -> None:
-        store.finish_saga(saga_id)
+    @rt.app.task(name=SAGA_DONE_TASK, ignore_result=True)
+    def saga_done(*, saga_id: str, saga: str) -> None:
+        if store.finish_saga(saga_id):
+            rt.emit(EventType.SAGA_COMPLETED, saga_id, saga)
 
-    @app.task(name=COMPENSATION_DONE_TASK, ignore_result=True)
-    def compensation_done(*, saga_id: str) -> None:
-        store.finish_compensation(saga_id)
+    @rt.app.task(name=COMPENSATION_DONE_TASK, ignore_result=True)
+    def compensation_done(*, saga_id: str, saga: str) -> None:
+        if store.finish_compensation(saga_id):
+            rt.emit(EventType.SAGA_COMPENSATED, saga_id, saga)
 
 
-def install_saga_tasks(app: Celery, store: SagaStore, saga: Saga) -> None:
+def install_saga_tasks(rt: Runtime, saga: Saga) -> None:
     for step in saga.steps.values():
-        _install_step_task(app, store, saga, step)
+        _install_step_task(rt, saga, step)
         if step.compensation is not None:
-            _install_compensation_task(app, store, saga, step)
+            _install_compensation_task(rt, saga, step)
 
 
 def _context(saga: Saga, step: Step, saga_id: str, claim: StepClaim) -> StepContext:
@@ -84,56 +102,86 @@ def _context(saga: Saga, step: Step, saga_id: str, claim: StepClaim) -> StepCont
     )
 
 
-def _install_step_task(app: Celery, store: SagaStore, saga: Saga, step: Step) -> None:
+def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
     label = f"step {saga.name}.{step.name}"
+    store = rt.store
 
-    @app.task(name=step_task_name(saga.name, step.name), bind=True, max_retries=None)
+    @rt.app.task(name=step_task_name(saga.name, step.name), bind=True, max_retries=None)
     def run_step(task: Task[Any, None], *, saga_id: str) -> None:
         claim = store.claim_step(saga_id, step.name, step.depends_on)
         if claim.outcome is not Claim.RUN:
             return  # already done (redelivery) or the saga moved on
+        rt.emit(EventType.STEP_STARTED, saga_id, saga.name, step=step.name, attempt=claim.attempts)
+        started = time.perf_counter()
         try:
-            result = to_json(
-                call_user(step.fn, (_context(saga, step, saga_id, claim),), step.timeout), label
-            )
+            ctx = _context(saga, step, saga_id, claim)
+            result = to_json(call_user(step.fn, (ctx,), step.timeout), label)
         except Exception as exc:
             # attempts counts redeliveries too: a step that keeps killing its worker stops.
             retries = claim.attempts - 1
+            error = describe(exc)
             if not isinstance(exc, NonRetryableError) and retries < step.retry:
+                rt.emit(
+                    EventType.STEP_RETRYING,
+                    saga_id,
+                    saga.name,
+                    step=step.name,
+                    attempt=claim.attempts,
+                    error=error,
+                )
                 raise task.retry(exc=exc, countdown=backoff_delay(step.backoff, retries)) from exc
-            store.fail_step(saga_id, step.name, describe(exc))
+            store.fail_step(saga_id, step.name, error)
+            rt.emit(
+                EventType.STEP_FAILED,
+                saga_id,
+                saga.name,
+                step=step.name,
+                attempt=claim.attempts,
+                error=error,
+            )
             raise  # Celery now calls our errback, which starts compensation
-        if not store.complete_step(saga_id, step.name, result):
-            _undo_late_step(store, saga, step, saga_id, claim, result)
+        if store.complete_step(saga_id, step.name, result):
+            rt.emit(
+                EventType.STEP_COMPLETED,
+                saga_id,
+                saga.name,
+                step=step.name,
+                attempt=claim.attempts,
+                duration_ms=_ms_since(started),
+            )
+        else:
+            _undo_late_step(rt, saga, step, ctx, result)
 
 
-def _undo_late_step(
-    store: SagaStore, saga: Saga, step: Step, saga_id: str, claim: StepClaim, result: Any
-) -> None:
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _undo_late_step(rt: Runtime, saga: Saga, step: Step, ctx: StepContext, result: Any) -> None:
     """The saga gave up on this step while it ran, and it succeeded after all: undo it here."""
     if step.compensation is None:
         return
-    store.compensate_late_step(saga_id, step.name, result)
-    ctx = _context(saga, step, saga_id, claim)
+    rt.store.compensate_late_step(ctx.saga_id, step.name, result)
     for attempt in range(saga.compensation_retry + 1):
         try:
             call_user(step.compensation, (ctx, result), step.timeout)
         except Exception as exc:
             if attempt == saga.compensation_retry:
-                store.fail_compensation(saga_id, step.name, describe(exc))
+                rt.store.fail_compensation(ctx.saga_id, step.name, describe(exc))
                 return
             time.sleep(backoff_delay(saga.compensation_backoff, attempt))
         else:
-            store.complete_compensation(saga_id, step.name)
+            rt.store.complete_compensation(ctx.saga_id, step.name)
             return
 
 
-def _install_compensation_task(app: Celery, store: SagaStore, saga: Saga, step: Step) -> None:
+def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
     assert step.compensation is not None
     compensate = step.compensation
+    store = rt.store
     lease = (step.timeout or DEFAULT_STEP_LEASE) * (step.retry + 1) + 60.0
 
-    @app.task(name=compensation_task_name(saga.name, step.name), bind=True, max_retries=None)
+    @rt.app.task(name=compensation_task_name(saga.name, step.name), bind=True, max_retries=None)
     def run_compensation(task: Task[Any, None], *, saga_id: str) -> None:
         claim = store.claim_compensation(saga_id, step.name, step.depends_on)
         if claim.outcome is Claim.WAIT:
@@ -144,14 +192,40 @@ def _install_compensation_task(app: Celery, store: SagaStore, saga: Saga, step: 
             return
         if claim.outcome is not Claim.RUN:
             return
+        rt.emit(
+            EventType.COMPENSATION_STARTED,
+            saga_id,
+            saga.name,
+            step=step.name,
+            attempt=claim.attempts,
+        )
+        started = time.perf_counter()
         try:
             ctx = _context(saga, step, saga_id, claim)
             call_user(compensate, (ctx, claim.result), step.timeout)
         except Exception as exc:
             retries = claim.attempts - 1
+            error = describe(exc)
             if retries < saga.compensation_retry:
                 delay = backoff_delay(saga.compensation_backoff, retries)
                 raise task.retry(exc=exc, countdown=delay) from exc
-            store.fail_compensation(saga_id, step.name, describe(exc))
+            store.fail_compensation(saga_id, step.name, error)
+            rt.emit(
+                EventType.COMPENSATION_FAILED,
+                saga_id,
+                saga.name,
+                step=step.name,
+                attempt=claim.attempts,
+                error=error,
+            )
+            rt.emit(EventType.SAGA_FAILED, saga_id, saga.name, step=step.name, error=error)
             raise  # stops the compensation chain: the saga is FAILED and needs an operator
         store.complete_compensation(saga_id, step.name)
+        rt.emit(
+            EventType.COMPENSATION_COMPLETED,
+            saga_id,
+            saga.name,
+            step=step.name,
+            attempt=claim.attempts,
+            duration_ms=_ms_since(started),
+        )
