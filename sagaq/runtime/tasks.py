@@ -64,7 +64,7 @@ def install_control_tasks(rt: Runtime) -> None:
     """The errback and the finalizers, shared by every saga."""
     store = rt.store
 
-    @rt.app.task(name=STEP_FAILED_TASK, ignore_result=True)
+    @rt.app.task(name=STEP_FAILED_TASK, ignore_result=True, shared=False)
     def step_failed(*, saga_id: str, saga: str, step: str) -> None:
         # Keyword-only, so Celery sends this errback as a message instead of calling it inline.
         plan = store.begin_compensation(saga_id, step, LOST_STEP_ERROR)
@@ -73,12 +73,12 @@ def install_control_tasks(rt: Runtime) -> None:
         log.info("saga %s: step %s failed, compensating %s", saga_id, step, sorted(plan))
         publish(compile_compensation(rt.sagas[saga], saga_id, plan, rt.app))
 
-    @rt.app.task(name=SAGA_DONE_TASK, ignore_result=True)
+    @rt.app.task(name=SAGA_DONE_TASK, ignore_result=True, shared=False)
     def saga_done(*, saga_id: str, saga: str) -> None:
         if store.finish_saga(saga_id):
             rt.emit(EventType.SAGA_COMPLETED, saga_id, saga)
 
-    @rt.app.task(name=COMPENSATION_DONE_TASK, ignore_result=True)
+    @rt.app.task(name=COMPENSATION_DONE_TASK, ignore_result=True, shared=False)
     def compensation_done(*, saga_id: str, saga: str) -> None:
         if store.finish_compensation(saga_id):
             rt.emit(EventType.SAGA_COMPENSATED, saga_id, saga)
@@ -106,7 +106,9 @@ def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
     label = f"step {saga.name}.{step.name}"
     store = rt.store
 
-    @rt.app.task(name=step_task_name(saga.name, step.name), bind=True, max_retries=None)
+    @rt.app.task(
+        name=step_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False
+    )
     def run_step(task: Task[Any, None], *, saga_id: str) -> None:
         claim = store.claim_step(saga_id, step.name, step.depends_on)
         if claim.outcome is not Claim.RUN:
@@ -181,7 +183,9 @@ def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
     store = rt.store
     lease = (step.timeout or DEFAULT_STEP_LEASE) * (step.retry + 1) + 60.0
 
-    @rt.app.task(name=compensation_task_name(saga.name, step.name), bind=True, max_retries=None)
+    @rt.app.task(
+        name=compensation_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False
+    )
     def run_compensation(task: Task[Any, None], *, saga_id: str) -> None:
         claim = store.claim_compensation(saga_id, step.name, step.depends_on)
         if claim.outcome is Claim.WAIT:
