@@ -135,7 +135,8 @@ def _sequence(sigs: list[Signature]) -> Signature:
     overload has to guess what was meant."""
     for i, sig in enumerate(sigs[:-1]):
         if isinstance(sig, group):
-            return chain(*sigs[:i], chord(sig, _sequence(sigs[i + 1 :])))
+            joined = chord(sig, _sequence(sigs[i + 1 :]))
+            return chain(*sigs[:i], joined) if i else joined
     return sigs[0] if len(sigs) == 1 else chain(*sigs)
 
 

@@ -1,0 +1,136 @@
+"""The canvas the compiler emits, for the shapes the design names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.canvas import Signature, _chain, chord, group
+
+from sagaq import Saga, StepContext
+from sagaq.compiler import (
+    Leaf,
+    Par,
+    Seq,
+    compensation_shape,
+    compile_compensation,
+    compile_saga,
+    forward_shape,
+)
+
+app = Celery("compiler-tests", set_as_current=False)
+
+
+def noop(ctx: StepContext) -> None:
+    return None
+
+
+def undo(ctx: StepContext, result: Any) -> None:
+    return None
+
+
+def make(name: str, edges: dict[str, list[str]], queue: str = "default") -> Saga:
+    saga = Saga(name, queue=queue)
+    for step, deps in edges.items():
+        saga.step(name=step, depends_on=deps)(noop).compensate(undo)
+    return saga
+
+
+LINE = make("line", {f"s{i}": [f"s{i - 1}"] if i > 1 else [] for i in range(1, 6)})
+DIAMOND = make("diamond", {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]})
+FAN_OUT = make(
+    "fan",
+    {"start": [], **{f"p{i}": ["start"] for i in range(8)}, "join": [f"p{i}" for i in range(8)]},
+)
+NOT_SP = make("nsp", {"a": [], "b": [], "c": ["a", "b"], "d": ["b"]})
+
+
+def describe(sig: Signature) -> Any:
+    """Canvas as nested tuples: ("chain", [...]), ("group", [...]), ("chord", [...], body)."""
+    if isinstance(sig, chord):
+        return ("chord", [describe(t) for t in sig.tasks], describe(sig.body))
+    if isinstance(sig, group):
+        return ("group", [describe(t) for t in sig.tasks])
+    if isinstance(sig, _chain):
+        return ("chain", [describe(t) for t in sig.tasks])
+    return sig.task
+
+
+def test_line_compiles_to_one_chain_of_five_steps_then_the_finalizer() -> None:
+    canvas = compile_saga(LINE, "sid", app)
+
+    assert describe(canvas) == (
+        "chain",
+        ["line.s1", "line.s2", "line.s3", "line.s4", "line.s5", "sagaq.saga_done"],
+    )
+
+
+def test_every_step_signature_is_immutable_routed_and_has_an_immutable_errback() -> None:
+    canvas = compile_saga(make("routed", {"x": [], "y": ["x"]}, queue="payments"), "sid-1", app)
+
+    for sig in canvas.tasks[:-1]:
+        assert sig.immutable
+        assert sig.kwargs == {"saga_id": "sid-1"}
+        assert sig.options["queue"] == "payments"
+        [errback] = [Signature(e) for e in sig.options["link_error"]]
+        assert errback.task == "sagaq.step_failed"
+        assert errback.immutable  # a mutable errback can be swallowed by an EncodeError
+        assert errback.kwargs == {"saga_id": "sid-1", "saga": "routed", "step": sig.task[7:]}
+
+
+def test_diamond_compiles_to_a_chord_whose_body_joins() -> None:
+    canvas = compile_saga(DIAMOND, "sid", app)
+
+    assert describe(canvas) == (
+        "chain",
+        [
+            "diamond.a",
+            ("chord", ["diamond.b", "diamond.c"], ("chain", ["diamond.d", "sagaq.saga_done"])),
+        ],
+    )
+
+
+def test_fan_out_of_eight_compiles_to_a_chord_of_eight() -> None:
+    canvas = compile_saga(FAN_OUT, "sid", app)
+
+    start, fan = describe(canvas)[1]
+    assert start == "fan.start"
+    assert fan == (
+        "chord",
+        [f"fan.p{i}" for i in range(8)],
+        ("chain", ["fan.join", "sagaq.saga_done"]),
+    )
+
+
+def test_dag_that_is_not_series_parallel_is_layered() -> None:
+    assert forward_shape(NOT_SP) == Seq((Par((Leaf("a"), Leaf("b"))), Par((Leaf("c"), Leaf("d")))))
+    assert describe(compile_saga(NOT_SP, "sid", app)) == (
+        "chord",
+        ["nsp.a", "nsp.b"],
+        ("chord", ["nsp.c", "nsp.d"], "sagaq.saga_done"),
+    )
+
+
+def test_independent_branches_of_different_lengths_stay_independent() -> None:
+    saga = make("branches", {"a": [], "b": ["a"], "x": [], "j": ["b", "x"]})
+
+    assert forward_shape(saga) == Seq((Par((Seq((Leaf("a"), Leaf("b"))), Leaf("x"))), Leaf("j")))
+
+
+def test_compensation_runs_in_reverse_dependency_order() -> None:
+    assert compensation_shape(LINE, ["s1", "s2", "s3"]) == Seq((Leaf("s3"), Leaf("s2"), Leaf("s1")))
+    assert compensation_shape(DIAMOND, ["a", "b", "c"]) == Seq(
+        (Par((Leaf("c"), Leaf("b"))), Leaf("a"))
+    )
+    assert compensation_shape(DIAMOND, []) is None
+
+
+def test_compensation_canvas_skips_steps_without_compensation() -> None:
+    saga = Saga("mixed")
+    first = saga.step(name="first")(noop)
+    first.compensate(undo)
+    saga.step(name="second", depends_on=[first])(noop)  # nothing to undo
+
+    canvas = compile_compensation(saga, "sid", ["first", "second"], app)
+
+    assert describe(canvas) == ("chain", ["mixed.first.compensate", "sagaq.compensation_done"])

@@ -1,0 +1,136 @@
+"""Definition errors surface when the saga is defined or registered, never at run time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from pydantic import BaseModel
+
+import sagaq
+from sagaq import DefinitionError, InvalidInputError, Saga, SagaQ, StepContext
+
+
+def noop(ctx: StepContext) -> None:
+    return None
+
+
+def test_duplicate_step_name_is_refused_at_definition() -> None:
+    saga = Saga("dup")
+    saga.step(name="a")(noop)
+
+    with pytest.raises(DefinitionError, match="duplicate step 'a'"):
+        saga.step(name="a")(noop)
+
+
+def test_unknown_dependency_is_refused_at_validation() -> None:
+    saga = Saga("unknown")
+    saga.step(name="a", depends_on=["ghost"])(noop)
+
+    with pytest.raises(DefinitionError, match="step 'a' depends on unknown step 'ghost'"):
+        saga.validate()
+
+
+def test_cycle_is_refused_and_named() -> None:
+    saga = Saga("cyclic")
+    saga.step(name="a", depends_on=["c"])(noop)
+    saga.step(name="b", depends_on=["a"])(noop)
+    saga.step(name="c", depends_on=["b"])(noop)
+
+    with pytest.raises(DefinitionError, match=r"dependency cycle: a -> c -> b -> a"):
+        saga.validate()
+
+
+def test_compensation_for_a_missing_step_is_refused_at_registration(tmp_path: Path) -> None:
+    saga = Saga("orphan")
+    saga.step(name="a")(noop)
+
+    @saga.compensation("nope")
+    def undo_nope(ctx: StepContext, result: Any) -> None:
+        return None
+
+    with pytest.raises(DefinitionError, match="compensation 'undo_nope' is for step 'nope'"):
+        engine = SagaQ(Celery("defs", set_as_current=False), store=f"sqlite:///{tmp_path}/s.db")
+        engine.register(saga)
+
+
+def test_dependency_on_a_step_of_another_saga_is_refused() -> None:
+    other = Saga("other")
+    foreign = other.step(name="x")(noop)
+
+    with pytest.raises(DefinitionError, match="of another saga"):
+        Saga("mine").step(name="y", depends_on=[foreign])(noop)
+
+
+def test_second_compensation_for_a_step_is_refused() -> None:
+    step = Saga("twice").step(name="a")(noop)
+    step.compensate(lambda ctx, result: None)
+
+    with pytest.raises(DefinitionError, match="already has a compensation"):
+        step.compensate(lambda ctx, result: None)
+
+
+def test_bad_names_and_options_are_refused() -> None:
+    with pytest.raises(DefinitionError, match="invalid saga name"):
+        Saga("has space")
+    with pytest.raises(DefinitionError, match="invalid step name"):
+        Saga("ok").step(name="a.b")(noop)
+    with pytest.raises(DefinitionError, match="timeout > 0"):
+        Saga("ok").step(name="a", timeout=0)(noop)
+
+
+def test_empty_saga_is_refused() -> None:
+    with pytest.raises(DefinitionError, match="has no steps"):
+        Saga("empty").validate()
+
+
+class OrderIn(BaseModel):
+    order_id: str
+    quantity: int = 1
+
+
+def test_input_is_validated_against_the_model_with_the_field_named() -> None:
+    saga = Saga("typed", input=OrderIn)
+
+    with pytest.raises(InvalidInputError, match="order_id: Field required"):
+        saga.parse_input({"quantity": 2})
+    with pytest.raises(InvalidInputError, match="quantity: Input should be a valid integer"):
+        saga.parse_input({"order_id": "o", "quantity": "many"})
+    assert saga.parse_input({"order_id": "o"}) == {"order_id": "o", "quantity": 1}
+    assert saga.load_input({"order_id": "o", "quantity": 1}) == OrderIn(order_id="o")
+
+
+def test_decorators_keep_the_step_callable_and_record_options() -> None:
+    saga = Saga("opts", queue="q1")
+
+    @saga.step
+    def first(ctx: StepContext) -> str:
+        return "one"
+
+    @saga.step(depends_on=[first], retry=3, backoff=0.1, timeout=5, queue="payments")
+    async def second(ctx: StepContext) -> str:
+        return "two"
+
+    assert first.queue == "q1" and second.queue == "payments"
+    assert (second.depends_on, second.retry, second.backoff, second.timeout) == (
+        ("first",),
+        3,
+        0.1,
+        5,
+    )
+    assert saga.order() == ["first", "second"]
+
+
+def test_public_api_is_pinned() -> None:
+    assert set(sagaq.__all__) == {
+        "Saga", "Step", "StepContext", "SagaHandle", "SagaQ", "SagaResult", "SagaStatus",
+        "Settings", "StepResult", "StepStatus", "BrokerUnavailableError", "DefinitionError",
+        "InvalidInputError", "NonRetryableError", "SagaNotFoundError", "SagaTimeoutError",
+        "SagaqError", "StepTimeoutError", "StoreUnavailableError", "UnknownSagaError",
+        "UnserializableResultError",
+    }  # fmt: skip
+    assert all(
+        issubclass(getattr(sagaq, n), sagaq.SagaqError) for n in sagaq.__all__ if "Error" in n
+    )
