@@ -1,0 +1,71 @@
+"""The sagaq HTTP API and dashboard as a FastAPI app.
+
+    uvicorn sagaq.api.app:app          # the engine of workers/main.py, SAGAQ_* settings
+    create_app(engine, token="...")    # embed in your own process, or test
+
+`app` is built on first access (not at import): it imports the engine named by SAGAQ_ENGINE
+("module:attribute", default "workers.main:engine") so the API knows the same sagas as the
+workers, and takes its token from SAGAQ_API_TOKEN.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fastapi import FastAPI
+
+from sagaq.api.auth import TokenCheck
+from sagaq.api.dashboard import dashboard_router, install_dashboard_login
+from sagaq.api.errors import install_error_handlers
+from sagaq.api.ops import ops_router
+from sagaq.api.sagas import sagas_router
+from sagaq.client import SagaQ
+from sagaq.observability.metrics import install_metrics
+from sagaq.settings import Settings
+
+DESCRIPTION = """Start sagas, follow them, cancel them. Each registered saga has its own
+`POST /sagas/<name>` with its input model. With SAGAQ_API_TOKEN set, send
+`Authorization: Bearer <token>` (not needed for /healthz and /metrics).
+The dashboard is at [/dashboard](/dashboard)."""
+
+
+def create_app(engine: SagaQ, token: str | None = None) -> FastAPI:
+    """The API for `engine`'s registered sagas; `token` protects everything but /healthz and
+    /metrics (None: no auth)."""
+    check = TokenCheck(token)
+    app = FastAPI(title="sagaq", description=DESCRIPTION, version="1")
+    install_metrics(engine)
+    install_error_handlers(app)
+    install_dashboard_login(app)
+    app.include_router(sagas_router(engine, check))
+    app.include_router(ops_router(engine))
+    app.include_router(dashboard_router(engine, check))
+    app.state.engine = engine
+    return app
+
+
+class ApiSettings(Settings):
+    engine: str = "workers.main:engine"
+
+
+def load_engine(spec: str) -> SagaQ:
+    """`"package.module:attribute"` -> the SagaQ engine it names."""
+    module_name, _, attribute = spec.partition(":")
+    engine = getattr(importlib.import_module(module_name), attribute or "engine")
+    if not isinstance(engine, SagaQ):
+        raise TypeError(f"{spec} is a {type(engine).__name__}, not a SagaQ engine")
+    return engine
+
+
+_built: dict[str, FastAPI] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """`sagaq.api.app:app`, built from the settings the first time it is asked for."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if "app" not in _built:
+        settings = ApiSettings()
+        _built["app"] = create_app(load_engine(settings.engine), settings.api_token)
+    return _built["app"]

@@ -1,0 +1,73 @@
+"""Bearer-token auth. With a token configured (SAGAQ_API_TOKEN), every route but /healthz and
+/metrics needs `Authorization: Bearer <token>`. Browsers cannot send that header when they
+follow a link, so the dashboard also accepts the token once as `?token=`: it is then kept in an
+HttpOnly, SameSite=Strict cookie and removed from the address bar."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from urllib.parse import urlencode
+
+from fastapi import HTTPException, Request
+
+TOKEN_COOKIE = "sagaq_token"
+
+
+class TokenCheck:
+    def __init__(self, token: str | None) -> None:
+        self.token = token or None
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+    def accepts(self, given: str | None) -> bool:
+        if self.token is None:
+            return True
+        return given is not None and secrets.compare_digest(given.encode(), self.token.encode())
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def require_bearer(check: TokenCheck) -> Callable[[Request], None]:
+    """A FastAPI dependency: 401 unless the request carries the bearer token."""
+
+    def dependency(request: Request) -> None:
+        if not check.accepts(bearer_token(request)):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return dependency
+
+
+class DashboardLogin(Exception):
+    """Raised by the dashboard's auth dependency: redirect with a cookie, or ask for the token."""
+
+    def __init__(self, redirect_to: str | None, token: str | None = None) -> None:
+        super().__init__(redirect_to)
+        self.redirect_to = redirect_to
+        self.token = token
+
+
+def require_dashboard_token(check: TokenCheck) -> Callable[[Request], None]:
+    """A FastAPI dependency for HTML pages: bearer header, cookie, or `?token=` once."""
+
+    def dependency(request: Request) -> None:
+        if not check.enabled:
+            return
+        given = request.query_params.get("token")
+        if given is not None and check.accepts(given):
+            rest = urlencode([kv for kv in request.query_params.multi_items() if kv[0] != "token"])
+            raise DashboardLogin(request.url.path + (f"?{rest}" if rest else ""), given)
+        if check.accepts(bearer_token(request)) or check.accepts(request.cookies.get(TOKEN_COOKIE)):
+            return
+        raise DashboardLogin(None)
+
+    return dependency

@@ -1,0 +1,123 @@
+"""What the HTTP API returns, as pydantic models (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from sagaq.client import SagaResult, StepResult
+from sagaq.status import SagaStatus, StepStatus
+
+_COMPENSATION_STATES = (
+    StepStatus.COMPENSATING,
+    StepStatus.COMPENSATED,
+    StepStatus.COMPENSATION_FAILED,
+)
+
+
+class Compensation(BaseModel):
+    """How undoing a step went: COMPENSATING, COMPENSATED or COMPENSATION_FAILED."""
+
+    status: StepStatus
+    attempts: int
+    error: str | None
+
+
+class StepOut(BaseModel):
+    name: str
+    status: StepStatus
+    attempts: int
+    result: Any = None
+    error: str | None = None
+    duration_ms: float | None = None
+    compensation: Compensation | None = None
+
+    @classmethod
+    def of(cls, step: StepResult) -> StepOut:
+        compensation = None
+        if step.status in _COMPENSATION_STATES:
+            compensation = Compensation(
+                status=step.status,
+                attempts=step.compensation_attempts,
+                error=step.compensation_error,
+            )
+        return cls(
+            name=step.name,
+            status=step.status,
+            attempts=step.attempts,
+            result=step.result,
+            error=step.error,
+            duration_ms=step.duration_ms,
+            compensation=compensation,
+        )
+
+
+class SagaSummary(BaseModel):
+    id: str
+    saga: str
+    status: SagaStatus
+    failed_step: str | None = None
+    error: str | None = None
+    duration_ms: float | None = None
+    created_at: float = Field(description="Unix time, seconds")
+
+
+class SagaOut(SagaSummary):
+    input: dict[str, Any]
+    steps: list[StepOut]
+    compensated_steps: list[str] = Field(description="In the order their compensations finished")
+
+    @classmethod
+    def of(cls, result: SagaResult) -> SagaOut:
+        return cls(
+            id=result.id,
+            saga=result.saga,
+            status=result.status,
+            failed_step=result.failed_step,
+            error=result.error,
+            duration_ms=result.duration_ms,
+            created_at=result.created_at,
+            input=result.input,
+            steps=[StepOut.of(s) for s in result.steps],
+            compensated_steps=list(result.compensated_steps),
+        )
+
+
+def summary(result: SagaResult) -> SagaSummary:
+    return SagaSummary(
+        id=result.id,
+        saga=result.saga,
+        status=result.status,
+        failed_step=result.failed_step,
+        error=result.error,
+        duration_ms=result.duration_ms,
+        created_at=result.created_at,
+    )
+
+
+class SagaList(BaseModel):
+    sagas: list[SagaSummary] = Field(description="Newest first")
+
+
+class Started(BaseModel):
+    id: str
+    status: SagaStatus
+    status_url: str
+    created: bool = Field(description="False when the Idempotency-Key matched an earlier saga")
+
+
+class CancelRequest(BaseModel):
+    reason: str = Field(default="cancelled through the HTTP API", min_length=1)
+
+
+class Problem(BaseModel):
+    """The body of every error sagaq reports (validation errors use FastAPI's own format)."""
+
+    detail: str
+    error: str = Field(description="The sagaq exception class, e.g. UnknownSagaError")
+
+
+class Health(BaseModel):
+    status: str
+    store: str
