@@ -33,3 +33,7 @@ task_send_sent_event = True
 task_track_started = True
 
 broker_connection_retry_on_startup = True
+
+# `celery -A workers.main beat` runs sagaq's recovery sweeper (re-publishes lost work, resumes
+# stalled compensations, enforces deadlines).
+beat_schedule = {"sagaq-sweep": {"task": "sagaq.sweep", "schedule": 15.0}}

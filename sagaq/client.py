@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -9,17 +11,28 @@ from typing import Any
 
 from celery import Celery
 
-from sagaq.compiler import compile_saga
+from sagaq.compiler import compile_compensation, compile_saga
 from sagaq.definition.saga import Saga
 from sagaq.errors import (
     BrokerUnavailableError,
     DefinitionError,
+    InvalidInputError,
+    InvalidStateError,
     SagaNotFoundError,
     SagaTimeoutError,
     UnknownSagaError,
 )
 from sagaq.observability.events import EventBus, EventType, SagaEvent
-from sagaq.runtime import Runtime, install_control_tasks, install_saga_tasks, publish
+from sagaq.runtime import (
+    Runtime,
+    SweepReport,
+    install_control_tasks,
+    install_saga_tasks,
+    install_sweep_task,
+    publish,
+    start_compensation,
+    sweep,
+)
 from sagaq.status import SagaStatus, StepStatus
 from sagaq.store import SagaRecord, SagaStore, StepRecord
 
@@ -96,6 +109,12 @@ def _step_result(s: StepRecord) -> StepResult:
     )
 
 
+log = logging.getLogger("sagaq")
+
+# Inputs travel in SQL rows and are read by every step: keep them small (put blobs elsewhere).
+MAX_INPUT_BYTES = 256 * 1024
+
+
 class SagaHandle:
     """Returned by `start()` at once; `wait()` blocks until the saga is finished."""
 
@@ -117,13 +136,17 @@ class SagaHandle:
 class SagaQ:
     """The engine: a Celery app, a store, and the sagas registered with them."""
 
-    def __init__(self, app: Celery, store: str | SagaStore) -> None:
+    def __init__(
+        self, app: Celery, store: str | SagaStore, *, max_input_bytes: int = MAX_INPUT_BYTES
+    ) -> None:
         self.app = app
+        self.max_input_bytes = max_input_bytes
         self.store = store if isinstance(store, SagaStore) else SagaStore(store)
         self.sagas: dict[str, Saga] = {}
         self.events = EventBus()
         self.runtime = Runtime(app, self.store, self.events, self.sagas)
         install_control_tasks(self.runtime)
+        install_sweep_task(self.runtime)
 
     def register(self, *sagas: Saga) -> None:
         """Validate each saga and create its Celery tasks (`<saga>.<step>`)."""
@@ -134,8 +157,28 @@ class SagaQ:
             if known is not None:
                 raise DefinitionError(f"another saga named {saga.name!r} is already registered")
             saga.validate()
+            self._check_visibility_timeout(saga)
             install_saga_tasks(self.runtime, saga)
             self.sagas[saga.name] = saga
+
+    def _check_visibility_timeout(self, saga: Saga) -> None:
+        """Redis redelivers a message that is not acked within the visibility timeout, even
+        while its task still runs: a longer step would run twice at the same time."""
+        if not str(self.app.conf.broker_url or "").startswith(("redis", "rediss")):
+            return
+        options = self.app.conf.broker_transport_options or {}
+        visibility = float(options.get("visibility_timeout", 3600))
+        for step in saga.steps.values():
+            if step.timeout is None:
+                continue
+            if step.timeout + 60 >= visibility:  # 60 s: the longest retry countdown
+                raise DefinitionError(
+                    f"step {saga.name}.{step.name} may run {step.timeout:g}s (+60s retry "
+                    f"delay), not less than the Redis visibility_timeout ({visibility:g}s): "
+                    "Redis would deliver it again while it still runs. Raise "
+                    "broker_transport_options['visibility_timeout'] (SAGAQ_VISIBILITY_TIMEOUT) "
+                    "or lower the step timeout."
+                )
 
     def queues(self) -> list[str]:
         """Every queue the registered sagas use (what a single worker must consume)."""
@@ -151,7 +194,12 @@ class SagaQ:
             raise UnknownSagaError(name, list(self.sagas)) from None
 
     def start(
-        self, name: str, input: Any = None, *, idempotency_key: str | None = None
+        self,
+        name: str,
+        input: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
     ) -> SagaHandle:
         """Validate, record (one transaction), then publish. Returns without waiting.
 
@@ -161,8 +209,20 @@ class SagaQ:
         """
         saga = self.saga(name)
         data = saga.parse_input({} if input is None else input)
+        size = len(json.dumps(data))
+        if size > self.max_input_bytes:
+            raise InvalidInputError(
+                f"input for saga {name!r} is {size} bytes; the limit is {self.max_input_bytes} "
+                "(store large payloads elsewhere and pass a reference)"
+            )
+        deadline = deadline if deadline is not None else saga.deadline
         saga_id, created = self.store.create_saga(
-            str(uuid.uuid4()), name, data, saga.order(), idempotency_key
+            str(uuid.uuid4()),
+            name,
+            data,
+            saga.order(),
+            idempotency_key,
+            deadline_at=time.time() + deadline if deadline is not None else None,
         )
         if created:
             try:
@@ -173,6 +233,39 @@ class SagaQ:
             self.store.mark_published(saga_id)
             self.events.emit(SagaEvent(EventType.SAGA_STARTED, saga_id, name))
         return SagaHandle(self, saga_id, created)
+
+    def cancel(self, saga_id: str, reason: str = "cancelled") -> SagaResult:
+        """Stop a saga and compensate what it completed. Steps not yet started never start;
+        a step already running finishes and is then undone (Python code cannot be stopped
+        safely mid-flight). Cancelling a finished saga raises InvalidStateError."""
+        current = self.status(saga_id)
+        saga = self.saga(current.saga)
+        if not start_compensation(self.runtime, saga, saga_id, reason=f"cancelled: {reason}"):
+            state = self.status(saga_id).status
+            raise InvalidStateError(f"saga {saga_id} is {state}: there is nothing to cancel")
+        return self.status(saga_id)
+
+    def retry(self, saga_id: str) -> SagaResult:
+        """Resume a FAILED saga: a compensation that gave up is tried again; a saga that
+        failed after its pivot step runs its remaining steps again."""
+        current = self.status(saga_id)
+        saga = self.saga(current.saga)
+        undo = self.store.resume_compensation(saga_id)
+        if undo is not None:
+            publish(compile_compensation(saga, saga_id, undo, self.app))
+            return self.status(saga_id)
+        remaining = self.store.resume_forward(saga_id)
+        if remaining is not None:
+            publish(compile_saga(saga, saga_id, self.app, steps=remaining))
+            return self.status(saga_id)
+        raise InvalidStateError(
+            f"saga {saga_id} is {current.status}: only a FAILED saga can be retried"
+        )
+
+    def sweep(self, *, stall_after: float = 30.0) -> SweepReport:
+        """One recovery pass: re-publish lost work, resume stalled compensations, enforce
+        deadlines. Celery beat runs it as the `sagaq.sweep` task."""
+        return sweep(self.runtime, stall_after=stall_after)
 
     def status(self, saga_id: str) -> SagaResult:
         record = self.store.get(saga_id)

@@ -106,8 +106,14 @@ def _layered(order: list[str], preds: Mapping[str, frozenset[str]]) -> Shape:
     return Seq(tuple(parts))
 
 
-def forward_shape(saga: Saga) -> Shape:
-    return shape_of(saga.order(), saga.ancestors())
+def forward_shape(saga: Saga, steps: Iterable[str] | None = None) -> Shape:
+    """The shape of the whole saga, or of `steps` only (work that remains after a recovery:
+    dependencies outside `steps` are already done)."""
+    order = saga.order()
+    if steps is not None:
+        chosen = set(steps)
+        order = [s for s in order if s in chosen]
+    return shape_of(order, saga.ancestors())
 
 
 def compensation_shape(saga: Saga, steps: Iterable[str]) -> Shape | None:
@@ -145,8 +151,10 @@ def _with_finalizer(shape: Shape, leaf: Callable[[str], Signature], done: Signat
     return _sequence([*(_canvas(p, leaf) for p in parts), done])
 
 
-def compile_saga(saga: Saga, saga_id: str, app: Celery | None = None) -> Signature:
-    """The canvas that runs every step of one saga, then marks it COMPLETED."""
+def compile_saga(
+    saga: Saga, saga_id: str, app: Celery | None = None, steps: Iterable[str] | None = None
+) -> Signature:
+    """The canvas that runs every step of one saga (or just `steps`), then marks it COMPLETED."""
 
     def step_sig(name: str) -> Signature:
         step = saga.steps[name]
@@ -158,7 +166,10 @@ def compile_saga(saga: Saga, saga_id: str, app: Celery | None = None) -> Signatu
         return sig
 
     done = _sig(app, SAGA_DONE_TASK, {"saga_id": saga_id, "saga": saga.name}, saga.queue)
-    return _with_finalizer(forward_shape(saga), step_sig, done)
+    remaining = list(steps) if steps is not None else None
+    if remaining == []:
+        return done
+    return _with_finalizer(forward_shape(saga, remaining), step_sig, done)
 
 
 def compile_compensation(

@@ -32,6 +32,10 @@ class SagaNotFoundError(SagaqError):
         self.saga_id = saga_id
 
 
+class InvalidStateError(SagaqError):
+    """Raised when an operation does not apply to the saga's status (cancel a finished saga...)."""
+
+
 class SagaTimeoutError(SagaqError):
     """Raised when waiting for a saga to finish takes longer than the given timeout."""
 

@@ -27,6 +27,7 @@ from celery import Celery
 from sqlalchemy import create_engine, text
 
 from sagaq import NonRetryableError, Saga, SagaQ, StepContext
+from sagaq.definition import FailurePolicy
 from sagaq.embedded import embedded_app, in_process_worker
 
 PG_URL = os.environ.get("SAGAQ_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -97,9 +98,14 @@ class Ledger:
 
 def build_sagas(ledger: Ledger, queue: str) -> list[Saga]:
     """line: s1..s5 in a row. diamond: a -> {b, c} -> d. flaky: f1 -> flaky (fails twice).
-    gated: g1 waits for a test-controlled gate. Each input may name `fail_at` a step."""
+    gated: g1 waits for a test-controlled gate. Inputs: `fail_at` names a step that fails;
+    `gate` a step that waits for ledger.gate(saga_id); `after` {step: other} makes a step wait
+    until `other` has started."""
 
     def act(ctx: StepContext) -> dict[str, Any]:
+        ledger.gate(f"started:{ctx.saga_id}:{ctx.step}").set()
+        if other := ctx.input.get("after", {}).get(ctx.step):  # start only once `other` runs
+            ledger.gate(f"started:{ctx.saga_id}:{other}").wait(20)
         if ctx.input.get("gate") == ctx.step:
             ledger.gate(ctx.saga_id).wait(20)
         if ctx.input.get("fail_at") == ctx.step:
@@ -141,7 +147,54 @@ def build_sagas(ledger: Ledger, queue: str) -> list[Saga]:
     gated = Saga("gated", queue=queue)
     add(gated, "g1", [])
     add(gated, "g2", ["g1"])
-    return [line, diamond, flaky, gated]
+
+    # A compensation that fails until the test marks the saga "fixed".
+    brittle = Saga("brittle", queue=queue, compensation_retry=2, compensation_backoff=0.01)
+    add(brittle, "b1", [])
+    fragile = brittle.step(name="b2", depends_on=["b1"])(act)
+    add(brittle, "b3", ["b2"])
+
+    @fragile.compensate
+    def undo_fragile(ctx: StepContext, result: dict[str, Any]) -> None:
+        ledger.record("undo-try", ctx)
+        if not ledger.gate(f"fixed:{ctx.saga_id}").is_set():
+            raise ConnectionError("refund service unavailable")
+        ledger.record("undo", ctx)
+
+    # p2 is the point of no return; p3 fails `failures` times (forward retries: 3).
+    pivoted = Saga("pivoted", queue=queue, forward_retry=3)
+    add(pivoted, "p1", [])
+    pivoted.step(name="p2", depends_on=["p1"], pivot=True)(act)
+
+    @pivoted.step(depends_on=["p2"], backoff=0.01)
+    def p3(ctx: StepContext) -> dict[str, Any]:
+        ledger.record("try", ctx)
+        if (
+            ctx.attempt <= ctx.input.get("failures", 0)
+            and not ledger.gate(f"fixed:{ctx.saga_id}").is_set()
+        ):
+            raise ConnectionError(f"courier API down, attempt {ctx.attempt}")
+        return {"step": ctx.step}
+
+    # root -> {boom, slow1 -> slow2} -> join, once per failure policy.
+    parallel = []
+    for policy in FailurePolicy:
+        par = Saga(f"par-{policy.value}", queue=queue, failure_policy=policy)
+        add(par, "root", [])
+        add(par, "boom", ["root"])
+        add(par, "slow1", ["root"])
+        add(par, "slow2", ["slow1"])
+        add(par, "join", ["boom", "slow2"])
+        parallel.append(par)
+
+    odd = Saga("odd", queue=queue)
+    add(odd, "o1", [])
+
+    @odd.step(depends_on=["o1"])
+    def unstorable(ctx: StepContext) -> object:
+        return {"when": threading.Event()}
+
+    return [line, diamond, flaky, gated, brittle, pivoted, *parallel, odd]
 
 
 @dataclass

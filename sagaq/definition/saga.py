@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, overload
 
 from pydantic import BaseModel, ValidationError
@@ -17,6 +18,14 @@ _SAGA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 StepFn = Callable[["StepContext"], Any]
 CompensateFn = Callable[["StepContext", Any], Any]
+
+
+class FailurePolicy(StrEnum):
+    """What happens to parallel siblings when a step fails for good."""
+
+    FAIL_FAST = "fail-fast"  # compensate at once; running siblings undo themselves when done
+    FAIL_FAST_WITH_GRACE = "fail-fast-with-grace"  # stop what has not started, wait for the rest
+    WAIT_ALL = "wait-all"  # let siblings (started or ready to start) finish, then compensate
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class Step:
     backoff: float = 0.5
     timeout: float | None = None
     queue: str | None = None
+    pivot: bool = False
     compensation: CompensateFn | None = field(default=None, repr=False)
 
     def compensate(self, fn: CompensateFn) -> CompensateFn:
@@ -75,8 +85,11 @@ class Saga:
         input: type[BaseModel] | None = None,
         *,
         queue: str = "default",
+        deadline: float | None = None,
+        failure_policy: FailurePolicy | str = FailurePolicy.FAIL_FAST_WITH_GRACE,
         compensation_retry: int = 5,
         compensation_backoff: float = 0.5,
+        forward_retry: int = 10,
     ) -> None:
         if not _SAGA_NAME.match(name):
             raise DefinitionError(
@@ -87,7 +100,18 @@ class Saga:
             raise DefinitionError(f"saga {name!r}: input must be a pydantic model class or None")
         self.name = name
         self.input_model = input
+        if deadline is not None and deadline <= 0:
+            raise DefinitionError(f"saga {name!r}: deadline must be > 0 seconds")
+        try:
+            self.failure_policy = FailurePolicy(failure_policy)
+        except ValueError:
+            choices = ", ".join(p.value for p in FailurePolicy)
+            raise DefinitionError(
+                f"saga {name!r}: unknown failure_policy {failure_policy!r} (use {choices})"
+            ) from None
         self.queue = queue
+        self.deadline = deadline
+        self.forward_retry = forward_retry
         self.compensation_retry = compensation_retry
         self.compensation_backoff = compensation_backoff
         self.steps: dict[str, Step] = {}
@@ -111,6 +135,7 @@ class Saga:
         backoff: float = 0.5,
         timeout: float | None = None,
         queue: str | None = None,
+        pivot: bool = False,
     ) -> Callable[[StepFn], Step]: ...
 
     def step(
@@ -124,8 +149,13 @@ class Saga:
         backoff: float = 0.5,
         timeout: float | None = None,
         queue: str | None = None,
+        pivot: bool = False,
     ) -> Step | Callable[[StepFn], Step]:
-        """Decorator that adds a step. `retry` is the number of retries after the first attempt."""
+        """Decorator that adds a step. `retry` is the number of retries after the first attempt.
+
+        A `pivot` step is the point of no return: once it completed, a later step that fails is
+        retried forward (up to `forward_retry` times, then the saga is FAILED for an operator)
+        instead of compensating backward."""
 
         def add(fn: StepFn) -> Step:
             step_name = name or fn.__name__
@@ -147,6 +177,7 @@ class Saga:
                 backoff=backoff,
                 timeout=timeout,
                 queue=queue or self.queue,
+                pivot=pivot,
             )
             self.steps[step_name] = step
             return step
@@ -199,6 +230,9 @@ class Saga:
                 if dep == step.name:
                     raise DefinitionError(f"saga {self.name!r}: step {dep!r} depends on itself")
         topological_order(self.dependencies)
+        pivots = [s.name for s in self.steps.values() if s.pivot]
+        if len(pivots) > 1:
+            raise DefinitionError(f"saga {self.name!r} has several pivot steps: {pivots}")
 
     def order(self) -> list[str]:
         """Step names in a valid execution order."""
@@ -206,6 +240,13 @@ class Saga:
 
     def ancestors(self) -> dict[str, frozenset[str]]:
         return ancestors(self.dependencies)
+
+    def after_pivot(self) -> frozenset[str]:
+        """Steps that run after the pivot step (they are retried forward, never compensated)."""
+        pivot = next((s.name for s in self.steps.values() if s.pivot), None)
+        if pivot is None:
+            return frozenset()
+        return frozenset(name for name, anc in self.ancestors().items() if pivot in anc)
 
     def parse_input(self, data: Any) -> dict[str, Any]:
         """Validate input against the input model; returns the JSON-ready form that is stored."""

@@ -21,18 +21,24 @@ from sagaq.compiler import (
     compile_compensation,
     step_task_name,
 )
-from sagaq.definition.saga import Saga, Step, StepContext
+from sagaq.definition.saga import FailurePolicy, Saga, Step, StepContext
 from sagaq.errors import BrokerUnavailableError, NonRetryableError
 from sagaq.observability.events import EventBus, EventType, SagaEvent
 from sagaq.runtime.invoke import backoff_delay, call_user, describe, to_json
-from sagaq.store import Claim, SagaStore, StepClaim
+from sagaq.status import StepStatus
+from sagaq.store import Claim, SagaRecord, SagaStore, StepClaim
 
 log = logging.getLogger("sagaq")
 
-# How long a compensation waits for a sibling step that is still running, when the step has
-# no timeout of its own to go by.
+# How long a step may stay RUNNING when it has no timeout of its own to go by.
 DEFAULT_STEP_LEASE = 600.0
-LOST_STEP_ERROR = "the step's task failed without reporting why (worker lost or hard time limit)"
+# How long a wait-all failure waits for its siblings before compensating anyway.
+WAIT_ALL_GRACE = 60.0
+
+
+def step_lease(step: Step) -> float:
+    """After this long RUNNING (all attempts), a step is presumed lost with its worker."""
+    return (step.timeout or DEFAULT_STEP_LEASE) * (step.retry + 1) + 60.0
 
 
 @dataclass(frozen=True)
@@ -60,18 +66,64 @@ def publish(sig: Signature, attempts: int = 3) -> None:
             time.sleep(0.2 * attempt)
 
 
+def start_compensation(
+    rt: Runtime,
+    saga: Saga,
+    saga_id: str,
+    *,
+    failed_step: str | None = None,
+    reason: str | None = None,
+) -> bool:
+    """Move the saga to COMPENSATING (only one caller wins) and publish its undo canvas."""
+    plan = rt.store.begin_compensation(
+        saga_id,
+        failed_step=failed_step,
+        reason=reason,
+        stop_running=saga.failure_policy is FailurePolicy.FAIL_FAST,
+    )
+    if plan is None:
+        return False
+    log.info("saga %s: compensating %s (%s)", saga_id, sorted(plan), reason or failed_step)
+    publish(compile_compensation(saga, saga_id, plan, rt.app))
+    return True
+
+
+def siblings_still_working(saga: Saga, record: SagaRecord) -> bool:
+    """wait-all: is a step that does not depend on the failed one still running or about to?"""
+    failed = {s.name for s in record.steps if s.status == StepStatus.FAILED}
+    anc = saga.ancestors()
+    done = {s.name for s in record.steps if s.status == StepStatus.COMPLETED}
+    for s in record.steps:
+        if s.name in failed or anc[s.name] & failed:
+            continue
+        if s.status == StepStatus.RUNNING:
+            return True
+        if s.status == StepStatus.PENDING and set(saga.steps[s.name].depends_on) <= done:
+            return True
+    return False
+
+
 def install_control_tasks(rt: Runtime) -> None:
-    """The errback and the finalizers, shared by every saga."""
+    """The errback, the finalizers and the sweeper, shared by every saga."""
     store = rt.store
 
-    @rt.app.task(name=STEP_FAILED_TASK, ignore_result=True, shared=False)
-    def step_failed(*, saga_id: str, saga: str, step: str) -> None:
+    @rt.app.task(name=STEP_FAILED_TASK, bind=True, ignore_result=True, shared=False)
+    def step_failed(task: Task[Any, None], *, saga_id: str, saga: str, step: str) -> None:
         # Keyword-only, so Celery sends this errback as a message instead of calling it inline.
-        plan = store.begin_compensation(saga_id, step, LOST_STEP_ERROR)
-        if plan is None:
-            return  # another errback (or a cancel) already started compensation
-        log.info("saga %s: step %s failed, compensating %s", saga_id, step, sorted(plan))
-        publish(compile_compensation(rt.sagas[saga], saga_id, plan, rt.app))
+        definition = rt.sagas[saga]
+        if step in definition.after_pivot():
+            # Past the point of no return the step task itself failed the saga (fail_forward);
+            # a lost worker there is the sweeper's business. Compensating would be wrong, and
+            # this errback may arrive after an operator already retried the saga.
+            return
+        if definition.failure_policy is FailurePolicy.WAIT_ALL:
+            record = store.get(saga_id)
+            if record is not None and record.status.value in ("PENDING", "RUNNING"):
+                failed_at = max((s.finished_at or 0.0 for s in record.steps), default=0.0)
+                waiting = time.time() - failed_at < WAIT_ALL_GRACE
+                if waiting and siblings_still_working(definition, record):
+                    raise task.retry(countdown=0.1, max_retries=None)
+        start_compensation(rt, definition, saga_id, failed_step=step)
 
     @rt.app.task(name=SAGA_DONE_TASK, ignore_result=True, shared=False)
     def saga_done(*, saga_id: str, saga: str) -> None:
@@ -105,12 +157,17 @@ def _context(saga: Saga, step: Step, saga_id: str, claim: StepClaim) -> StepCont
 def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
     label = f"step {saga.name}.{step.name}"
     store = rt.store
+    forward = step.name in saga.after_pivot()  # past the point of no return: retry, never undo
+    budget = max(step.retry, saga.forward_retry) if forward else step.retry
 
     @rt.app.task(
         name=step_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False
     )
     def run_step(task: Task[Any, None], *, saga_id: str) -> None:
         claim = store.claim_step(saga_id, step.name, step.depends_on)
+        if claim.outcome is Claim.EXPIRED:
+            start_compensation(rt, saga, saga_id, reason="deadline exceeded")
+            return
         if claim.outcome is not Claim.RUN:
             return  # already done (redelivery) or the saga moved on
         rt.emit(EventType.STEP_STARTED, saga_id, saga.name, step=step.name, attempt=claim.attempts)
@@ -122,7 +179,7 @@ def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
             # attempts counts redeliveries too: a step that keeps killing its worker stops.
             retries = claim.attempts - 1
             error = describe(exc)
-            if not isinstance(exc, NonRetryableError) and retries < step.retry:
+            if not isinstance(exc, NonRetryableError) and retries < budget:
                 rt.emit(
                     EventType.STEP_RETRYING,
                     saga_id,
@@ -133,6 +190,8 @@ def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
                 )
                 raise task.retry(exc=exc, countdown=backoff_delay(step.backoff, retries)) from exc
             store.fail_step(saga_id, step.name, error)
+            if forward:
+                store.fail_forward(saga_id, step.name, error)  # so the errback undoes nothing
             rt.emit(
                 EventType.STEP_FAILED,
                 saga_id,
@@ -181,7 +240,7 @@ def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
     assert step.compensation is not None
     compensate = step.compensation
     store = rt.store
-    lease = (step.timeout or DEFAULT_STEP_LEASE) * (step.retry + 1) + 60.0
+    lease = step_lease(step)
 
     @rt.app.task(
         name=compensation_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False

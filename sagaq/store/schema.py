@@ -38,6 +38,7 @@ saga = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float),
+    Column("deadline_at", Float),
     UniqueConstraint("name", "idempotency_key", name="uq_saga_name_idempotency_key"),
     Index("ix_saga_created_at", "created_at"),
     Index("ix_saga_status_created_at", "status", "created_at"),

@@ -20,6 +20,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -33,6 +34,7 @@ from sagaq.store.schema import metadata, saga, saga_step
 
 # A saga is "active" until compensation starts; PENDING means its canvas may not be published yet.
 ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING)
+LOST_STEP_ERROR = "the step's task failed without reporting why (worker lost or hard time limit)"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,11 @@ class SagaRecord:
     created_at: float
     updated_at: float
     finished_at: float | None
+    deadline_at: float | None
     steps: tuple[StepRecord, ...]
+
+    def step(self, name: str) -> StepRecord:
+        return next(s for s in self.steps if s.name == name)
 
 
 class Claim(Enum):
@@ -71,6 +77,7 @@ class Claim(Enum):
     WAIT = "wait"  # (compensation) the step is still running: try again shortly
     SKIP = "skip"  # nothing to do (saga moved on, step skipped or never ran)
     HALT = "halt"  # (compensation) the saga FAILED: stop here
+    EXPIRED = "expired"  # the saga is past its deadline: compensate instead
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ class SagaStore:
         input: dict[str, Any],
         steps: Sequence[str],
         idempotency_key: str | None = None,
+        deadline_at: float | None = None,
     ) -> tuple[str, bool]:
         """Insert the saga and its PENDING steps in one transaction.
         Returns (id, created); a known idempotency key returns the existing saga's id."""
@@ -143,6 +151,7 @@ class SagaStore:
                         status=SagaStatus.PENDING,
                         input=input,
                         idempotency_key=idempotency_key,
+                        deadline_at=deadline_at,
                         created_at=now,
                         updated_at=now,
                     )
@@ -196,7 +205,11 @@ class SagaStore:
                 .where(
                     _step_key(saga_id, step),
                     saga_step.c.status.in_((StepStatus.PENDING, StepStatus.RUNNING)),
-                    exists().where(saga.c.id == saga_id, saga.c.status.in_(ACTIVE)),
+                    exists().where(
+                        saga.c.id == saga_id,
+                        saga.c.status.in_(ACTIVE),
+                        or_(saga.c.deadline_at.is_(None), saga.c.deadline_at > now),
+                    ),
                 )
                 .values(
                     status=StepStatus.RUNNING,
@@ -215,12 +228,21 @@ class SagaStore:
         self, conn: Connection, saga_id: str, step: str, now: float
     ) -> StepClaim:
         row = conn.execute(
-            select(saga_step.c.status, saga_step.c.result).where(_step_key(saga_id, step))
+            select(
+                saga_step.c.status,
+                saga_step.c.result,
+                saga.c.status.label("saga_status"),
+                saga.c.deadline_at,
+            )
+            .join(saga, saga.c.id == saga_step.c.saga_id)
+            .where(_step_key(saga_id, step))
         ).first()
         if row is None:
             return StepClaim(Claim.SKIP)
         if row.status == StepStatus.COMPLETED:
             return StepClaim(Claim.DONE, result=row.result)
+        if row.saga_status in ACTIVE and row.deadline_at is not None and row.deadline_at <= now:
+            return StepClaim(Claim.EXPIRED)
         if row.status == StepStatus.RUNNING:
             # A retry or redelivery arriving after compensation began: this attempt will not
             # run, so the step is over. Should an earlier attempt still finish, it finds the row
@@ -285,11 +307,20 @@ class SagaStore:
     # -- compensation ---------------------------------------------------------------------
 
     def begin_compensation(
-        self, saga_id: str, failed_step: str, lost_error: str
+        self,
+        saga_id: str,
+        *,
+        failed_step: str | None = None,
+        reason: str | None = None,
+        stop_running: bool = False,
     ) -> dict[str, StepStatus] | None:
         """Active->COMPENSATING in one conditional UPDATE: only the first caller gets the plan
         (the steps COMPLETED or still RUNNING); later callers get None. Steps that never
-        started become SKIPPED in the same transaction, so none of them can start any more."""
+        started become SKIPPED in the same transaction, so none of them can start any more.
+
+        `reason` (cancel, deadline) becomes the saga's error; otherwise the failed step's error
+        does. With `stop_running`, running steps are written off as FAILED so compensation does
+        not wait for them; one that completes anyway undoes itself."""
         now = time.time()
         with self._begin() as conn:
             won = conn.execute(
@@ -299,37 +330,132 @@ class SagaStore:
             )
             if won.rowcount != 1:
                 return None
+            steps = saga_step.c.saga_id == saga_id
             conn.execute(
                 update(saga_step)
-                .where(saga_step.c.saga_id == saga_id, saga_step.c.status == StepStatus.PENDING)
+                .where(steps, saga_step.c.status == StepStatus.PENDING)
                 .values(status=StepStatus.SKIPPED)
             )
-            # The task failed without our wrapper recording why (worker lost, hard time limit).
-            conn.execute(
-                update(saga_step)
-                .where(_step_key(saga_id, failed_step), saga_step.c.status == StepStatus.RUNNING)
-                .values(status=StepStatus.FAILED, error=lost_error, finished_at=now)
-            )
+            if failed_step is not None:
+                # The task failed without our wrapper recording why (worker lost, time limit).
+                conn.execute(
+                    update(saga_step)
+                    .where(
+                        _step_key(saga_id, failed_step), saga_step.c.status == StepStatus.RUNNING
+                    )
+                    .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=now)
+                )
+            if stop_running:
+                conn.execute(
+                    update(saga_step)
+                    .where(steps, saga_step.c.status == StepStatus.RUNNING)
+                    .values(
+                        status=StepStatus.FAILED,
+                        finished_at=now,
+                        error="stopped: a parallel step failed (fail-fast)",
+                    )
+                )
             rows = conn.execute(
                 select(saga_step.c.name, saga_step.c.status, saga_step.c.error)
-                .where(saga_step.c.saga_id == saga_id)
+                .where(steps)
                 .order_by(saga_step.c.position)
             ).all()
             failed = [r for r in rows if r.status == StepStatus.FAILED]
             # Prefer the step whose errback this is; a chord may also call its body's errbacks.
             culprit = next((r for r in failed if r.name == failed_step), None)
-            culprit = culprit or (failed[0] if failed else None)
-            if culprit is not None:
-                conn.execute(
-                    update(saga)
-                    .where(saga.c.id == saga_id)
-                    .values(failed_step=culprit.name, error=culprit.error)
+            culprit = culprit or (failed[0] if failed and reason is None else None)
+            conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id)
+                .values(
+                    failed_step=culprit.name if culprit else None,
+                    error=reason or (culprit.error if culprit else None),
                 )
+            )
         return {
             r.name: StepStatus(r.status)
             for r in rows
             if r.status in (StepStatus.COMPLETED, StepStatus.RUNNING)
         }
+
+    def fail_forward(self, saga_id: str, step: str, error: str) -> bool:
+        """A step after the pivot failed for good: the saga is FAILED, nothing is undone."""
+        now = time.time()
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id, saga.c.status.in_(ACTIVE))
+                .values(
+                    status=SagaStatus.FAILED,
+                    failed_step=step,
+                    error=f"step {step!r} failed after the pivot step, so the saga cannot be "
+                    f"compensated; fix the cause and run `sagaq retry {saga_id}`: {error}",
+                    updated_at=now,
+                    finished_at=now,
+                )
+            )
+        return done.rowcount == 1
+
+    def resume_compensation(self, saga_id: str) -> list[str] | None:
+        """FAILED (a compensation gave up) -> COMPENSATING again, its retry budget renewed.
+        Returns the steps still to undo, or None if the saga is not in that state."""
+        return self._resume(
+            saga_id,
+            SagaStatus.COMPENSATING,
+            {StepStatus.COMPENSATION_FAILED: StepStatus.COMPENSATING},
+            require=StepStatus.COMPENSATION_FAILED,
+            remaining=(StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.RUNNING),
+            reset={"compensation_attempts": 0, "compensation_error": None},
+        )
+
+    def resume_forward(self, saga_id: str) -> list[str] | None:
+        """FAILED after the pivot -> RUNNING again; failed and skipped steps back to PENDING.
+        Returns the steps still to run, or None if the saga is not in that state."""
+        return self._resume(
+            saga_id,
+            SagaStatus.RUNNING,
+            {StepStatus.FAILED: StepStatus.PENDING, StepStatus.SKIPPED: StepStatus.PENDING},
+            require=StepStatus.FAILED,
+            remaining=(StepStatus.PENDING, StepStatus.RUNNING),
+            reset={"attempts": 0, "error": None},
+        )
+
+    def _resume(
+        self,
+        saga_id: str,
+        status: SagaStatus,
+        moves: dict[StepStatus, StepStatus],
+        *,
+        require: StepStatus,
+        remaining: Sequence[StepStatus],
+        reset: dict[str, Any],
+    ) -> list[str] | None:
+        now = time.time()
+        steps = saga_step.c.saga_id == saga_id
+        with self._begin() as conn:
+            won = conn.execute(
+                update(saga)
+                .where(
+                    saga.c.id == saga_id,
+                    saga.c.status == SagaStatus.FAILED,
+                    exists().where(steps, saga_step.c.status == require),
+                )
+                .values(
+                    status=status, error=None, failed_step=None, updated_at=now, finished_at=None
+                )
+            )
+            if won.rowcount != 1:
+                return None
+            for old, new in moves.items():
+                conn.execute(
+                    update(saga_step)
+                    .where(steps, saga_step.c.status == old)
+                    .values(status=new, **(reset if old == require else {}))
+                )
+            names = conn.execute(
+                select(saga_step.c.name).where(steps, saga_step.c.status.in_(remaining))
+            )
+            return list(names.scalars())
 
     def claim_compensation(self, saga_id: str, step: str, deps: Sequence[str]) -> StepClaim:
         """COMPLETED->COMPENSATING (or again on retry/redelivery) while the saga is COMPENSATING."""
@@ -375,6 +501,12 @@ class SagaStore:
             return StepClaim(Claim.DONE)
         if row.status == StepStatus.RUNNING:
             return StepClaim(Claim.WAIT, started_at=row.started_at)
+        if row.saga_status == SagaStatus.COMPENSATING and row.status in (
+            StepStatus.COMPLETED,
+            StepStatus.COMPENSATING,
+        ):
+            # The step finished between our UPDATE and this read (READ COMMITTED): try again.
+            return StepClaim(Claim.WAIT, started_at=time.time())
         return StepClaim(Claim.SKIP)
 
     def complete_compensation(self, saga_id: str, step: str) -> bool:
@@ -468,6 +600,39 @@ class SagaStore:
         with self._begin() as conn:
             return [_saga_record(row, []) for row in conn.execute(query)]
 
+    def unfinished(self, *, created_before: float, limit: int = 500) -> list[SagaRecord]:
+        """Sagas not yet terminal and older than `created_before`, oldest first (for the
+        sweeper; the status+created_at index keeps this flat however many sagas finished)."""
+        with self._begin() as conn:
+            heads = conn.execute(
+                select(saga)
+                .where(
+                    saga.c.status.in_((*ACTIVE, SagaStatus.COMPENSATING)),
+                    saga.c.created_at < created_before,
+                )
+                .order_by(saga.c.created_at)
+                .limit(limit)
+            ).all()
+            records = []
+            for head in heads:
+                steps = conn.execute(
+                    select(saga_step)
+                    .where(saga_step.c.saga_id == head.id)
+                    .order_by(saga_step.c.position)
+                ).all()
+                records.append(_saga_record(head, steps))
+        return records
+
+    def touch(self, saga_id: str, seen_updated_at: float) -> bool:
+        """Claim a saga for a recovery action: only one sweeper wins per observed version."""
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id, saga.c.updated_at == seen_updated_at)
+                .values(updated_at=time.time())
+            )
+        return done.rowcount == 1
+
     # -- helpers --------------------------------------------------------------------------
 
     def _set_saga_status(
@@ -509,6 +674,7 @@ def _saga_record(head: Any, steps: Sequence[Any]) -> SagaRecord:
         created_at=head.created_at,
         updated_at=head.updated_at,
         finished_at=head.finished_at,
+        deadline_at=head.deadline_at,
         steps=tuple(
             StepRecord(
                 name=s.name,

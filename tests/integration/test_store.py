@@ -87,7 +87,7 @@ def test_only_one_caller_starts_compensation(store: SagaStore) -> None:
     winners: list[object] = []
 
     def errback() -> None:
-        winners.append(store.begin_compensation(saga_id, "b", "lost"))
+        winners.append(store.begin_compensation(saga_id, failed_step="b"))
 
     threads = [threading.Thread(target=errback) for _ in range(8)]
     for t in threads:
@@ -113,7 +113,7 @@ def test_step_between_retries_when_compensation_starts_is_failed_not_run(
 ) -> None:
     saga_id = new_saga(store)
     store.claim_step(saga_id, "a", [])  # running; its retry message is still on the way
-    store.begin_compensation(saga_id, "b", "lost")
+    store.begin_compensation(saga_id, failed_step="b")
 
     assert store.claim_step(saga_id, "a", []).outcome is Claim.SKIP
     record = store.get(saga_id)
@@ -123,7 +123,7 @@ def test_step_between_retries_when_compensation_starts_is_failed_not_run(
 def test_compensation_waits_for_a_running_step_then_runs_once(store: SagaStore) -> None:
     saga_id = new_saga(store)
     store.claim_step(saga_id, "a", [])
-    store.begin_compensation(saga_id, "b", "lost")
+    store.begin_compensation(saga_id, failed_step="b")
 
     assert store.claim_compensation(saga_id, "a", []).outcome is Claim.WAIT
     assert store.complete_step(saga_id, "a", {"late": True})
@@ -151,7 +151,7 @@ def test_saga_completes_only_when_every_step_completed(store: SagaStore) -> None
 def test_failed_compensation_fails_the_saga_with_the_step_named(store: SagaStore) -> None:
     saga_id = new_saga(store)
     run(store, saga_id, "a", 1)
-    store.begin_compensation(saga_id, "b", "lost")
+    store.begin_compensation(saga_id, failed_step="b")
     store.claim_compensation(saga_id, "a", [])
 
     store.fail_compensation(saga_id, "a", "refund API down")

@@ -134,3 +134,33 @@ def test_public_api_is_pinned() -> None:
     assert all(
         issubclass(getattr(sagaq, n), sagaq.SagaqError) for n in sagaq.__all__ if "Error" in n
     )
+
+
+def test_step_timeout_beyond_the_redis_visibility_timeout_is_refused(tmp_path: Path) -> None:
+    app = Celery("vis", broker="redis://127.0.0.1:6379/0", set_as_current=False)
+    app.conf.broker_transport_options = {"visibility_timeout": 600}
+    engine = SagaQ(app, store=f"sqlite:///{tmp_path}/s.db")
+    saga = Saga("slowpoke")
+    saga.step(name="crawl", timeout=900)(noop)
+
+    with pytest.raises(DefinitionError, match=r"slowpoke.crawl may run 900s.*visibility_timeout"):
+        engine.register(saga)
+    assert "slowpoke" not in engine.sagas
+
+
+def test_pivot_marks_the_steps_after_it_and_only_one_pivot_is_allowed() -> None:
+    saga = Saga("pivoted")
+    a = saga.step(name="a")(noop)
+    b = saga.step(name="b", depends_on=[a], pivot=True)(noop)
+    saga.step(name="c", depends_on=[b])(noop)
+    saga.step(name="d", depends_on=[a])(noop)
+
+    assert saga.after_pivot() == {"c"}
+    saga.step(name="e", pivot=True)(noop)
+    with pytest.raises(DefinitionError, match="several pivot steps"):
+        saga.validate()
+
+
+def test_unknown_failure_policy_is_refused() -> None:
+    with pytest.raises(DefinitionError, match="unknown failure_policy 'yolo'"):
+        Saga("p", failure_policy="yolo")
