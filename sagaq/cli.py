@@ -1,0 +1,375 @@
+"""The `sagaq` command: start, inspect and operate sagas, run workers, migrate the store.
+
+`status` and `list` read the database through SagaStore and never create a Celery app. Commands
+that publish work or need saga definitions (start, cancel, retry, sweep, graph, worker) load the
+engine named by --app (default: $SAGAQ_APP, else workers.main:engine).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import IO, Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from sagaq.cli_views import saga_view, sagas_table, since_timestamp, to_json
+from sagaq.client import SagaQ, SagaResult
+from sagaq.errors import SagaNotFoundError, SagaqError, SagaTimeoutError
+from sagaq.graph import FORMATS, render
+from sagaq.settings import Settings
+from sagaq.status import SagaStatus
+from sagaq.store import SagaStore
+
+DEFAULT_APP = "workers.main:engine"
+
+
+class UserError(click.ClickException):
+    """A mistake or a refusal the user can act on: one red line on stderr, exit code 1."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        _console(stderr=True).print(f"[bold red]error:[/] {escape(self.format_message())}")
+
+
+class _Commands(click.Group):
+    """Turns sagaq's own errors and database errors into one line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SagaqError as exc:
+            raise UserError(str(exc)) from None
+        except SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise UserError(f"database error: {reason}") from None
+
+
+def _console(*, stderr: bool = False) -> Console:
+    # Made per call: the console must follow the current stdout/stderr and $COLUMNS.
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
+
+
+def _warn(message: str) -> None:
+    _console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}")
+
+
+app_option = click.option(
+    "--app",
+    "app_spec",
+    envvar="SAGAQ_APP",
+    default=DEFAULT_APP,
+    show_default=True,
+    metavar="MODULE:ATTR",
+    help="The SagaQ engine to use (env SAGAQ_APP).",
+)
+
+
+def load_engine(spec: str) -> SagaQ:
+    """Import `module:attribute` (from the current directory too, like celery -A does)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"--app must look like module:attribute, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import {module_name!r} (from --app / SAGAQ_APP): {exc}") from None
+    engine = getattr(module, attr, None)
+    if not isinstance(engine, SagaQ):
+        raise UserError(f"{spec} is not a SagaQ engine (got {type(engine).__name__})")
+    return engine
+
+
+def _engine_method(engine: SagaQ, name: str) -> Callable[..., Any]:
+    method: Callable[..., Any] | None = getattr(engine, name, None)
+    if method is None:
+        raise UserError(f"this sagaq version has no {name}")
+    return method
+
+
+def _warn_if_memory_broker(engine: SagaQ) -> None:
+    if str(engine.app.conf.broker_url or "").startswith("memory://"):
+        _warn(
+            "the broker is memory:// (SAGAQ_BROKER_URL is not set): only a worker inside this "
+            "process can see the messages"
+        )
+
+
+def _open_store() -> SagaStore:
+    url = Settings().store_url
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise UserError(f"no saga store at {url} (set SAGAQ_STORE_URL)")
+    return SagaStore(url, create_tables=False)
+
+
+@click.group(cls=_Commands)
+@click.version_option(package_name="sagaq")
+def cli() -> None:
+    """Sagas on Celery: start, inspect and operate them."""
+
+
+@cli.command()
+def demo() -> None:
+    """Run two example orders on the embedded default (no services needed)."""
+    from tasks.demo import run_demo
+
+    sys.exit(run_demo())
+
+
+@cli.command()
+@click.argument("saga")
+@click.option(
+    "--input", "raw_input", default="{}", help="A JSON object, or @FILE holding one (@- is stdin)."
+)
+@click.option("--idempotency-key", help="Starting twice with the same key starts one saga.")
+@click.option("--wait/--no-wait", default=False, help="Watch the steps until the saga ends.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
+@app_option
+def start(
+    saga: str,
+    raw_input: str,
+    idempotency_key: str | None,
+    wait: bool,
+    timeout: float,
+    app_spec: str,
+) -> None:
+    """Start SAGA and print its id. With --wait, exit 0 only if it COMPLETED."""
+    data = _parse_input(raw_input)
+    engine = load_engine(app_spec)
+    handle = engine.start(saga, data, idempotency_key=idempotency_key)
+    click.echo(handle.id)
+    _warn_if_memory_broker(engine)
+    if not handle.created:
+        _warn(f"a saga with idempotency key {idempotency_key!r} exists already: not started again")
+    if wait:
+        result = _watch(engine, handle.id, timeout)
+        sys.exit(0 if result.status == SagaStatus.COMPLETED else 1)
+
+
+def _parse_input(raw: str) -> Any:
+    if raw.startswith("@"):
+        try:
+            raw = sys.stdin.read() if raw == "@-" else Path(raw[1:]).read_text()
+        except OSError as exc:
+            raise UserError(f"cannot read input file: {exc}") from None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"invalid JSON input: {exc}") from None
+
+
+def _watch(engine: SagaQ, saga_id: str, timeout: float) -> SagaResult:
+    deadline = time.monotonic() + timeout
+    result = engine.status(saga_id)
+    with Live(saga_view(result), console=_console(), refresh_per_second=8) as live:
+        while not result.status.is_terminal:
+            if time.monotonic() > deadline:
+                raise SagaTimeoutError(
+                    f"saga {saga_id} is still {result.status} after {timeout:g}s; it goes on "
+                    f"running: see `sagaq status {saga_id}`"
+                )
+            time.sleep(0.1)
+            result = engine.status(saga_id)
+            live.update(saga_view(result))
+    return result
+
+
+@cli.command()
+@click.argument("saga_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(saga_id: str, as_json: bool) -> None:
+    """Show a saga and its steps, from the store (SAGAQ_STORE_URL)."""
+    store = _open_store()
+    try:
+        record = store.get(saga_id)
+    finally:
+        store.dispose()
+    if record is None:
+        raise SagaNotFoundError(saga_id)
+    result = SagaResult.from_record(record)
+    if as_json:
+        click.echo(to_json(asdict(result)))
+    else:
+        _console().print(saga_view(result))
+
+
+@cli.command("list")
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice([s.value for s in SagaStatus], case_sensitive=False),
+    help="Only sagas in this status.",
+)
+@click.option("--saga", help="Only sagas with this name.")
+@click.option("--since", help="Only sagas started in the last 30s/10m/2h/1d, or since an ISO date.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_(
+    status_: str | None, saga: str | None, since: str | None, limit: int, as_json: bool
+) -> None:
+    """List sagas, newest first, from the store (SAGAQ_STORE_URL)."""
+    try:
+        after = since_timestamp(since, now=time.time()) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    store = _open_store()
+    try:
+        records = store.list_sagas(
+            status=SagaStatus(status_.upper()) if status_ else None,
+            name=saga,
+            since=after,
+            limit=limit,
+        )
+    finally:
+        store.dispose()
+    results = [SagaResult.from_record(r) for r in records]
+    if as_json:
+        click.echo(to_json([{k: v for k, v in asdict(r).items() if k != "steps"} for r in results]))
+    else:
+        _console().print(sagas_table(results))
+
+
+@cli.command()
+@click.argument("saga_id")
+@click.option("--reason", default="cancelled by operator", show_default=True)
+@app_option
+def cancel(saga_id: str, reason: str, app_spec: str) -> None:
+    """Stop a saga and compensate the steps it completed."""
+    engine = load_engine(app_spec)
+    with _console(stderr=True).status(f"cancelling {saga_id}..."):
+        result = _engine_method(engine, "cancel")(saga_id, reason=reason)
+    _console().print(saga_view(result))
+
+
+@cli.command()
+@click.argument("saga_id")
+@app_option
+def retry(saga_id: str, app_spec: str) -> None:
+    """Resume a FAILED saga (a compensation that gave up, or steps after the pivot)."""
+    engine = load_engine(app_spec)
+    with _console(stderr=True).status(f"retrying {saga_id}..."):
+        result = _engine_method(engine, "retry")(saga_id)
+    _console().print(saga_view(result))
+
+
+@cli.command()
+@app_option
+def sweep(app_spec: str) -> None:
+    """One recovery pass: re-publish lost work, resume stalled sagas, enforce deadlines."""
+    engine = load_engine(app_spec)
+    with _console(stderr=True).status("sweeping unfinished sagas..."):
+        report = _engine_method(engine, "sweep")()
+    table = Table("what", "count", title="sweep")
+    for field in fields(report):
+        table.add_row(field.name.replace("_", " "), str(getattr(report, field.name)))
+    _console().print(table)
+
+
+@cli.command()
+@click.argument("saga")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="ascii", show_default=True)
+@click.option("--compensation", is_flag=True, help="Draw the compensation (undo) plan instead.")
+@click.option("--run", "saga_id", metavar="SAGA_ID", help="Mark each step with its status in it.")
+@app_option
+def graph(saga: str, fmt: str, compensation: bool, saga_id: str | None, app_spec: str) -> None:
+    """Draw the step graph of SAGA (ascii, mermaid or dot)."""
+    engine = load_engine(app_spec)
+    definition = engine.saga(saga)
+    statuses = None
+    if saga_id is not None:
+        run = engine.status(saga_id)
+        if run.saga != saga:
+            raise UserError(f"saga {saga_id} is a {run.saga!r} saga, not {saga!r}")
+        statuses = {s.name: s.status.value for s in run.steps}
+    click.echo(render(definition, fmt, compensation=compensation, statuses=statuses), nl=False)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("-Q", "--queues", help="Comma-separated. Default: every queue the sagas use.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Worker processes/threads.")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo", "eventlet", "gevent"]))
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the celery command instead of running it.")
+@app_option
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(
+    queues: str | None,
+    concurrency: int | None,
+    pool: str | None,
+    loglevel: str,
+    dry_run: bool,
+    app_spec: str,
+    celery_args: tuple[str, ...],
+) -> None:
+    """Run `celery worker` for the engine's app; extra arguments go to celery."""
+    engine = load_engine(app_spec)
+    _warn_if_memory_broker(engine)
+    argv = [
+        *_celery_program(),
+        *("-A", _celery_app_spec(app_spec, engine), "worker"),
+        *("-Q", queues or ",".join(engine.queues()), "--loglevel", loglevel),
+        *(("--concurrency", str(concurrency)) if concurrency else ()),
+        *(("--pool", pool) if pool else ()),
+        *celery_args,
+    ]
+    if dry_run:
+        click.echo(shlex.join(argv))
+        return
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+def _celery_program() -> list[str]:
+    """The celery of this environment: its console script, else `python -m celery`."""
+    script = Path(sys.executable).parent / "celery"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "celery"]
+
+
+def _celery_app_spec(app_spec: str, engine: SagaQ) -> str:
+    module_name = app_spec.partition(":")[0]
+    found = (k for k, v in vars(sys.modules[module_name]).items() if v is engine.app)
+    name = next(found, None)
+    return f"{module_name}:{name}" if name else module_name
+
+
+@cli.group()
+def db() -> None:
+    """The store's schema (alembic migrations shipped with sagaq)."""
+
+
+@db.command("upgrade")
+@click.option("--url", help="Store URL. Default: $SAGAQ_STORE_URL.")
+def db_upgrade(url: str | None) -> None:
+    """Create or migrate the tables to this version's schema."""
+    from sagaq.store.migrate import upgrade
+
+    target = url or Settings().store_url
+    shown = make_url(target).render_as_string(hide_password=True)
+    with _console(stderr=True).status(f"migrating {shown}..."):
+        done = upgrade(target)
+    if done.stamped:
+        message = f"existing tables adopted as revision {done.after}"
+    elif done.before == done.after:
+        message = f"already at revision {done.after}, nothing to do"
+    else:
+        message = f"upgraded from {done.before or 'an empty database'} to revision {done.after}"
+    _console().print(f"[green]✔[/] {escape(shown)}: {message}")
+
+
+def main() -> None:
+    cli(prog_name="sagaq")
