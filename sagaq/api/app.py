@@ -3,9 +3,9 @@
     uvicorn sagaq.api.app:app          # the engine of workers/main.py, SAGAQ_* settings
     create_app(engine, token="...")    # embed in your own process, or test
 
-`app` is built on first access (not at import): it imports the engine named by SAGAQ_ENGINE
-("module:attribute", default "workers.main:engine") so the API knows the same sagas as the
-workers, and takes its token from SAGAQ_API_TOKEN.
+`app` is built on first access (not at import): it imports the engine named by SAGAQ_APP
+("module:attribute", default "workers.main:engine", as for the `sagaq` command) so the API knows
+the same sagas as the workers, and takes its token from SAGAQ_API_TOKEN.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def create_app(engine: SagaQ, token: str | None = None) -> FastAPI:
 
 
 class ApiSettings(Settings):
-    engine: str = "workers.main:engine"
+    app: str = "workers.main:engine"  # SAGAQ_APP: where the engine is
 
 
 def load_engine(spec: str) -> SagaQ:
@@ -67,5 +67,5 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if "app" not in _built:
         settings = ApiSettings()
-        _built["app"] = create_app(load_engine(settings.engine), settings.api_token)
+        _built["app"] = create_app(load_engine(settings.app), settings.api_token)
     return _built["app"]
