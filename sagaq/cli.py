@@ -13,7 +13,8 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -109,12 +111,23 @@ def _warn_if_memory_broker(engine: SagaQ) -> None:
         )
 
 
-def _open_store() -> SagaStore:
+@contextmanager
+def _reading_store() -> Iterator[SagaStore]:
+    """The store named by SAGAQ_STORE_URL, as it is: nothing is created, not even a file."""
     url = Settings().store_url
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         raise UserError(f"no saga store at {url} (set SAGAQ_STORE_URL)")
-    return SagaStore(url, create_tables=False)
+    store = SagaStore(url, create_tables=False)
+    try:
+        with store.engine.connect() as conn:
+            if not inspect(conn).has_table("saga"):
+                raise UserError(
+                    f"the store {store.safe_url} has no saga tables: run `sagaq db upgrade`"
+                )
+        yield store
+    finally:
+        store.dispose()
 
 
 @click.group(cls=_Commands)
@@ -194,11 +207,8 @@ def _watch(engine: SagaQ, saga_id: str, timeout: float) -> SagaResult:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(saga_id: str, as_json: bool) -> None:
     """Show a saga and its steps, from the store (SAGAQ_STORE_URL)."""
-    store = _open_store()
-    try:
+    with _reading_store() as store:
         record = store.get(saga_id)
-    finally:
-        store.dispose()
     if record is None:
         raise SagaNotFoundError(saga_id)
     result = SagaResult.from_record(record)
@@ -227,16 +237,13 @@ def list_(
         after = since_timestamp(since, now=time.time()) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    store = _open_store()
-    try:
+    with _reading_store() as store:
         records = store.list_sagas(
             status=SagaStatus(status_.upper()) if status_ else None,
             name=saga,
             since=after,
             limit=limit,
         )
-    finally:
-        store.dispose()
     results = [SagaResult.from_record(r) for r in records]
     if as_json:
         click.echo(to_json([{k: v for k, v in asdict(r).items() if k != "steps"} for r in results]))

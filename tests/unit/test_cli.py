@@ -183,6 +183,15 @@ def test_status_without_a_store_says_where_it_looked(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing-here.db").exists()
 
 
+def test_status_of_a_database_without_tables_says_how_to_create_them(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    sqlite3.connect(tmp_path / "empty.db").close()
+
+    result = CliRunner().invoke(cli, ["list"], env={"SAGAQ_STORE_URL": url})
+
+    assert_one_line_error(result, f"the store {url} has no saga tables: run `sagaq db upgrade`")
+
+
 # -- list -----------------------------------------------------------------------------------
 
 
