@@ -375,7 +375,7 @@ def db_upgrade(url: str | None) -> None:
         message = f"already at revision {done.after}, nothing to do"
     else:
         message = f"upgraded from {done.before or 'an empty database'} to revision {done.after}"
-    _console().print(f"[green]✔[/] {escape(shown)}: {message}")
+    _console().print(f"[green]✔[/] {escape(shown)}: {message}", soft_wrap=True)
 
 
 def main() -> None:

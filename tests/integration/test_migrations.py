@@ -65,6 +65,20 @@ def test_migrations_build_exactly_the_schema_of_schema_py(empty_url: str) -> Non
     assert tables_and_revision(empty_url) == (TABLES | {"alembic_version"}, head())
 
 
+def test_a_database_at_the_first_revision_upgrades_to_head(empty_url: str) -> None:
+    store = SagaStore(empty_url, create_tables=False)
+    try:
+        with store.engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+    finally:
+        store.dispose()
+
+    done = upgrade(empty_url)
+
+    assert (done.before, done.after) == ("0001", head())
+    assert differences(empty_url) == []
+
+
 def test_the_comparison_would_notice_a_column_the_migrations_lack(empty_url: str) -> None:
     # Guard against a comparison that can never fail: add a column to a copy of the schema.
     upgrade(empty_url)
@@ -118,4 +132,5 @@ def test_the_history_is_one_line_ending_at_head() -> None:
     scripts = ScriptDirectory.from_config(alembic_config())
 
     assert scripts.get_heads() == [head()]
-    assert [r.revision for r in scripts.walk_revisions()][-1] == "0001"
+    revisions = [r.revision for r in scripts.walk_revisions()]  # newest first
+    assert revisions == [f"{n:04d}" for n in range(len(revisions), 0, -1)]

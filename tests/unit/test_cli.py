@@ -23,6 +23,7 @@ from sagaq import Saga, SagaQ
 from sagaq.cli import cli
 from sagaq.embedded import embedded_app
 from sagaq.store import SagaStore
+from sagaq.store.migrate import head
 
 ENGINE: SagaQ | None = None  # the engine `--app tests.unit.test_cli:ENGINE` loads
 APP = "tests.unit.test_cli:ENGINE"
@@ -373,8 +374,8 @@ def test_db_upgrade_creates_then_leaves_alone(tmp_path: Path) -> None:
     second = sagaq("db", "upgrade", "--url", url)
 
     assert first.exit_code == 0, first.output
-    assert "upgraded from an empty database to revision 0001" in first.stdout
-    assert "already at revision 0001, nothing to do" in second.stdout
+    assert f"upgraded from an empty database to revision {head()}" in first.stdout
+    assert f"already at revision {head()}, nothing to do" in second.stdout
 
 
 def test_db_upgrade_adopts_tables_the_store_created(tmp_path: Path) -> None:
@@ -384,7 +385,7 @@ def test_db_upgrade_adopts_tables_the_store_created(tmp_path: Path) -> None:
     result = sagaq("db", "upgrade", "--url", url)
 
     assert result.exit_code == 0, result.output
-    assert "existing tables adopted as revision 0001" in result.stdout
+    assert f"existing tables adopted as revision {head()}" in result.stdout
 
 
 def test_db_upgrade_refuses_to_adopt_tables_of_another_shape(tmp_path: Path) -> None:
@@ -395,6 +396,8 @@ def test_db_upgrade_refuses_to_adopt_tables_of_another_shape(tmp_path: Path) -> 
     result = sagaq("db", "upgrade", "--url", f"sqlite:///{path}")
 
     assert_one_line_error(result, "have no migration history and differ from this sagaq")
+    assert "add_column saga.status" in result.stderr
+    assert "add_table saga_step" in result.stderr
 
 
 def test_db_upgrade_of_an_unsupported_url_is_one_line_error() -> None:
@@ -423,7 +426,7 @@ def test_console_script_migrates_and_reports_errors_on_one_line(tmp_path: Path) 
     )
 
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "upgraded from an empty database to revision 0001" in upgraded.stdout
+    assert f"upgraded from an empty database to revision {head()}\n" in upgraded.stdout
     assert missing.returncode == 1
     assert missing.stderr.strip() == "error: no saga with id 'ghost'"
     assert missing.stdout == ""
