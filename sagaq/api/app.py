@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from sagaq.api.auth import TokenCheck
 from sagaq.api.dashboard import dashboard_router, install_dashboard_login
+from sagaq.api.docs import docs_router
 from sagaq.api.errors import install_error_handlers
 from sagaq.api.ops import ops_router
 from sagaq.api.sagas import sagas_router
@@ -34,13 +35,15 @@ def create_app(engine: SagaQ, token: str | None = None) -> FastAPI:
     """The API for `engine`'s registered sagas; `token` protects everything but /healthz and
     /metrics (None: no auth)."""
     check = TokenCheck(token)
-    app = FastAPI(title="sagaq", description=DESCRIPTION, version="1")
+    # FastAPI would serve /openapi.json and /docs to anyone: docs_router serves them instead.
+    app = FastAPI(title="sagaq", description=DESCRIPTION, openapi_url=None, docs_url=None)
     install_metrics(engine)
     install_error_handlers(app)
     install_dashboard_login(app)
     app.include_router(sagas_router(engine, check))
     app.include_router(ops_router(engine))
     app.include_router(dashboard_router(engine, check))
+    app.include_router(docs_router(app, check))
     app.state.engine = engine
     return app
 

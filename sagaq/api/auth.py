@@ -33,11 +33,15 @@ def bearer_token(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def require_bearer(check: TokenCheck) -> Callable[[Request], None]:
-    """A FastAPI dependency: 401 unless the request carries the bearer token."""
+def require_bearer(check: TokenCheck, *, cookie: bool = False) -> Callable[[Request], None]:
+    """A FastAPI dependency: 401 unless the request carries the bearer token (or, with
+    `cookie`, the dashboard's cookie: /openapi.json, fetched by the docs page)."""
 
     def dependency(request: Request) -> None:
-        if not check.accepts(bearer_token(request)):
+        given = bearer_token(request)
+        if given is None and cookie:
+            given = request.cookies.get(TOKEN_COOKIE)
+        if not check.accepts(given):
             raise HTTPException(
                 status_code=401,
                 detail="missing or wrong bearer token (send 'Authorization: Bearer <token>')",

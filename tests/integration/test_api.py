@@ -129,6 +129,8 @@ def test_requests_without_the_right_token_are_refused(api: httpx.Client) -> None
     refused = httpx.get(f"{base}/sagas")
     assert refused.headers["www-authenticate"] == "Bearer"
     assert "bearer token" in refused.json()["detail"]
+    assert httpx.get(f"{base}/openapi.json").status_code == 401
+    assert httpx.get(f"{base}/openapi.json", headers=AUTH).status_code == 200
     assert httpx.get(f"{base}/healthz").status_code == 200  # open for probes and scrapers
     assert httpx.get(f"{base}/metrics").status_code == 200
 
