@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +13,6 @@ from celery import Celery
 from sagaq.compiler import compile_compensation, compile_saga
 from sagaq.definition.saga import Saga
 from sagaq.errors import (
-    BrokerUnavailableError,
     DefinitionError,
     InvalidInputError,
     InvalidStateError,
@@ -22,7 +20,7 @@ from sagaq.errors import (
     SagaTimeoutError,
     UnknownSagaError,
 )
-from sagaq.observability.events import EventBus, EventType, SagaEvent
+from sagaq.observability.events import EventBus
 from sagaq.runtime import (
     Runtime,
     SweepReport,
@@ -31,6 +29,7 @@ from sagaq.runtime import (
     install_sweep_task,
     publish,
     start_compensation,
+    start_saga,
     sweep,
 )
 from sagaq.status import SagaStatus, StepStatus
@@ -149,7 +148,16 @@ class SagaQ:
         install_sweep_task(self.runtime)
 
     def register(self, *sagas: Saga) -> None:
-        """Validate each saga and create its Celery tasks (`<saga>.<step>`)."""
+        """Validate each saga and create its Celery tasks (`<saga>.<step>`). A saga that runs
+        sub-sagas is registered with or after them."""
+        known_names = set(self.sagas) | {s.name for s in sagas}
+        for saga in sagas:
+            for step in saga.steps.values():
+                if step.sub_saga is not None and step.sub_saga not in known_names:
+                    raise DefinitionError(
+                        f"step {saga.name}.{step.name} runs sub-saga {step.sub_saga!r}, which is "
+                        "not registered (register it first, or in the same call)"
+                    )
         for saga in sagas:
             known = self.sagas.get(saga.name)
             if known is saga:
@@ -200,8 +208,12 @@ class SagaQ:
         *,
         idempotency_key: str | None = None,
         deadline: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> SagaHandle:
         """Validate, record (one transaction), then publish. Returns without waiting.
+
+        `deadline` (seconds, default the saga's) compensates the saga if it is not done by
+        then. `headers` (correlation id, tracing ids) reach every step as ctx.headers.
 
         A repeated idempotency key returns the existing saga. Bad input raises
         InvalidInputError with nothing written; a broker that is down raises
@@ -215,23 +227,14 @@ class SagaQ:
                 f"input for saga {name!r} is {size} bytes; the limit is {self.max_input_bytes} "
                 "(store large payloads elsewhere and pass a reference)"
             )
-        deadline = deadline if deadline is not None else saga.deadline
-        saga_id, created = self.store.create_saga(
-            str(uuid.uuid4()),
-            name,
+        saga_id, created = start_saga(
+            self.runtime,
+            saga,
             data,
-            saga.order(),
-            idempotency_key,
-            deadline_at=time.time() + deadline if deadline is not None else None,
+            idempotency_key=idempotency_key,
+            deadline=deadline,
+            headers=headers,
         )
-        if created:
-            try:
-                publish(compile_saga(saga, saga_id, self.app))
-            except BrokerUnavailableError as exc:
-                self.store.delete_saga(saga_id)
-                raise BrokerUnavailableError(f"saga {name!r} was not started: {exc}") from exc
-            self.store.mark_published(saga_id)
-            self.events.emit(SagaEvent(EventType.SAGA_STARTED, saga_id, name))
         return SagaHandle(self, saga_id, created)
 
     def cancel(self, saga_id: str, reason: str = "cancelled") -> SagaResult:

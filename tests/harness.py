@@ -194,7 +194,41 @@ def build_sagas(ledger: Ledger, queue: str) -> list[Saga]:
     def unstorable(ctx: StepContext) -> object:
         return {"when": threading.Event()}
 
-    return [line, diamond, flaky, gated, brittle, pivoted, *parallel, odd]
+    # c2 runs only for express orders; c3 runs either way.
+    conditional = Saga("conditional", queue=queue)
+    add(conditional, "c1", [])
+    conditional.step(name="c2", depends_on=["c1"], when=lambda ctx: ctx.input.get("express"))(
+        act
+    ).compensate(undo)
+    add(conditional, "c3", ["c2"])
+
+    # x1 leaves a value in ctx.data for x2 and for its own compensation.
+    shared = Saga("shared", queue=queue)
+
+    @shared.step
+    def x1(ctx: StepContext) -> dict[str, Any]:
+        ctx.data["reservation"] = f"R-{ctx.idempotency_key}"
+        return act(ctx)
+
+    @x1.compensate
+    def undo_x1(ctx: StepContext, result: dict[str, Any]) -> None:
+        ledger.record(f"undo:{ctx.data['reservation']}", ctx)
+
+    @shared.step(depends_on=[x1])
+    def x2(ctx: StepContext) -> dict[str, Any]:
+        if ctx.input.get("fail_at") == "x2":
+            raise NonRetryableError("x2 fails")
+        return {"saw": ctx.data["reservation"], "correlation": ctx.headers["correlation_id"]}
+
+    # A parent that runs the `line` saga as its middle step.
+    parent = Saga("parent", queue=queue)
+    add(parent, "before", [])
+    parent.sub_saga("child", "line", input=lambda ctx: {}, depends_on=["before"])
+    add(parent, "after", ["child"])
+
+    return [
+        line, diamond, flaky, gated, brittle, pivoted, *parallel, odd, conditional, shared, parent,
+    ]  # fmt: skip
 
 
 @dataclass

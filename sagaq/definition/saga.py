@@ -38,6 +38,11 @@ class StepContext:
     input: Any
     results: Mapping[str, Any]
     attempt: int = 1
+    # Values set by earlier steps (ancestors) for later steps and compensations to read; what a
+    # step writes here is stored with its completion, so it survives redelivery.
+    data: dict[str, Any] = field(default_factory=dict)
+    # Set at start (correlation id, tracing ids); read-only, inherited by sub-sagas.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def idempotency_key(self) -> str:
@@ -58,6 +63,8 @@ class Step:
     timeout: float | None = None
     queue: str | None = None
     pivot: bool = False
+    when: Callable[[StepContext], bool] | None = field(default=None, repr=False)
+    sub_saga: str | None = None  # a step that runs another registered saga
     compensation: CompensateFn | None = field(default=None, repr=False)
 
     def compensate(self, fn: CompensateFn) -> CompensateFn:
@@ -69,6 +76,11 @@ class Step:
 
     def __call__(self, ctx: StepContext) -> Any:
         return self.fn(ctx)
+
+
+def _undo_child_saga(ctx: StepContext, result: Any) -> None:
+    """Marks a sub-saga step as undoable; sagaq's runtime compensates the child saga."""
+    raise NotImplementedError("sub-saga compensation runs in sagaq's runtime")
 
 
 class Saga:
@@ -136,6 +148,7 @@ class Saga:
         timeout: float | None = None,
         queue: str | None = None,
         pivot: bool = False,
+        when: Callable[[StepContext], bool] | None = None,
     ) -> Callable[[StepFn], Step]: ...
 
     def step(
@@ -150,12 +163,14 @@ class Saga:
         timeout: float | None = None,
         queue: str | None = None,
         pivot: bool = False,
+        when: Callable[[StepContext], bool] | None = None,
     ) -> Step | Callable[[StepFn], Step]:
         """Decorator that adds a step. `retry` is the number of retries after the first attempt.
 
         A `pivot` step is the point of no return: once it completed, a later step that fails is
         retried forward (up to `forward_retry` times, then the saga is FAILED for an operator)
-        instead of compensating backward."""
+        instead of compensating backward. A step whose `when(ctx)` is false is SKIPPED (not
+        compensated) and its dependents still run."""
 
         def add(fn: StepFn) -> Step:
             step_name = name or fn.__name__
@@ -178,11 +193,39 @@ class Saga:
                 timeout=timeout,
                 queue=queue or self.queue,
                 pivot=pivot,
+                when=when,
             )
             self.steps[step_name] = step
             return step
 
         return add(fn) if fn is not None else add
+
+    def sub_saga(
+        self,
+        name: str,
+        saga: str,
+        *,
+        input: Callable[[StepContext], Any] | None = None,
+        depends_on: Iterable[Step | str] = (),
+        queue: str | None = None,
+        when: Callable[[StepContext], bool] | None = None,
+    ) -> Step:
+        """A step that starts the registered saga `saga` (with `input(ctx)`, default this
+        saga's input) and completes when it completes; its result is the child's results.
+        If this saga is compensated later, a completed child is compensated too."""
+
+        def child_input(ctx: StepContext) -> Any:
+            if input is not None:
+                return input(ctx)
+            return (
+                ctx.input.model_dump(mode="json") if isinstance(ctx.input, BaseModel) else ctx.input
+            )
+
+        child_input.__name__ = name
+        step = self.step(name=name, depends_on=depends_on, queue=queue, when=when)(child_input)
+        step.sub_saga = saga
+        step.compensate(_undo_child_saga)
+        return step
 
     def compensation(self, step: str) -> Callable[[CompensateFn], CompensateFn]:
         """Decorator attaching a compensation by step name (the step may be defined later)."""

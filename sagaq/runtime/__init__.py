@@ -1,14 +1,10 @@
 """The Celery side of sagaq: tasks that run steps, compensations, the errback, finalizers,
 and the recovery sweeper."""
 
+from sagaq.runtime.base import Runtime, publish
+from sagaq.runtime.launch import start_compensation, start_saga
 from sagaq.runtime.sweeper import SweepReport, install_sweep_task, sweep
-from sagaq.runtime.tasks import (
-    Runtime,
-    install_control_tasks,
-    install_saga_tasks,
-    publish,
-    start_compensation,
-)
+from sagaq.runtime.tasks import install_control_tasks, install_saga_tasks
 
 __all__ = [
     "Runtime",
@@ -18,5 +14,6 @@ __all__ = [
     "install_sweep_task",
     "publish",
     "start_compensation",
+    "start_saga",
     "sweep",
 ]

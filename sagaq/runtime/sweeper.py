@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass
 
 from sagaq.compiler import compile_compensation, compile_saga
-from sagaq.runtime.tasks import Runtime, publish, start_compensation, step_lease
+from sagaq.runtime.base import Runtime, publish
+from sagaq.runtime.launch import start_compensation
+from sagaq.runtime.tasks import step_lease
 from sagaq.status import SagaStatus, StepStatus
 from sagaq.store import SagaRecord
 

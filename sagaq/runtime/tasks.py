@@ -5,28 +5,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, Task
-from celery.canvas import Signature
-from kombu.exceptions import OperationalError as BrokerError
+from celery import Task
 
 from sagaq.compiler import (
     COMPENSATION_DONE_TASK,
     SAGA_DONE_TASK,
     STEP_FAILED_TASK,
     compensation_task_name,
-    compile_compensation,
     step_task_name,
 )
 from sagaq.definition.saga import FailurePolicy, Saga, Step, StepContext
-from sagaq.errors import BrokerUnavailableError, NonRetryableError
-from sagaq.observability.events import EventBus, EventType, SagaEvent
+from sagaq.errors import NonRetryableError
+from sagaq.observability.events import EventType
+from sagaq.runtime.base import Runtime
 from sagaq.runtime.invoke import backoff_delay, call_user, describe, to_json
+from sagaq.runtime.launch import start_compensation
+from sagaq.runtime.subsagas import POLL_SECONDS, ChildPending, run_child, undo_child
 from sagaq.status import StepStatus
-from sagaq.store import Claim, SagaRecord, SagaStore, StepClaim
+from sagaq.store import Claim, SagaRecord, StepClaim
 
 log = logging.getLogger("sagaq")
 
@@ -39,53 +37,6 @@ WAIT_ALL_GRACE = 60.0
 def step_lease(step: Step) -> float:
     """After this long RUNNING (all attempts), a step is presumed lost with its worker."""
     return (step.timeout or DEFAULT_STEP_LEASE) * (step.retry + 1) + 60.0
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What every sagaq task needs: where to publish, where state lives, who listens."""
-
-    app: Celery
-    store: SagaStore
-    events: EventBus
-    sagas: Mapping[str, Saga]
-
-    def emit(self, type: EventType, saga_id: str, saga: str, **details: Any) -> None:
-        self.events.emit(SagaEvent(type, saga_id, saga, **details))
-
-
-def publish(sig: Signature, attempts: int = 3) -> None:
-    """Send a canvas, retrying briefly when the broker hiccups."""
-    for attempt in range(1, attempts + 1):
-        try:
-            sig.apply_async()
-            return
-        except BrokerError as exc:
-            if attempt == attempts:
-                raise BrokerUnavailableError(f"cannot publish to the broker: {exc}") from exc
-            time.sleep(0.2 * attempt)
-
-
-def start_compensation(
-    rt: Runtime,
-    saga: Saga,
-    saga_id: str,
-    *,
-    failed_step: str | None = None,
-    reason: str | None = None,
-) -> bool:
-    """Move the saga to COMPENSATING (only one caller wins) and publish its undo canvas."""
-    plan = rt.store.begin_compensation(
-        saga_id,
-        failed_step=failed_step,
-        reason=reason,
-        stop_running=saga.failure_policy is FailurePolicy.FAIL_FAST,
-    )
-    if plan is None:
-        return False
-    log.info("saga %s: compensating %s (%s)", saga_id, sorted(plan), reason or failed_step)
-    publish(compile_compensation(saga, saga_id, plan, rt.app))
-    return True
 
 
 def siblings_still_working(saga: Saga, record: SagaRecord) -> bool:
@@ -151,12 +102,21 @@ def _context(saga: Saga, step: Step, saga_id: str, claim: StepClaim) -> StepCont
         input=saga.load_input(claim.input or {}),
         results=claim.results or {},
         attempt=claim.attempts,
+        data=dict(claim.data or {}),
+        headers=claim.headers or {},
     )
+
+
+def _written(ctx: StepContext, before: dict[str, Any], label: str) -> dict[str, Any] | None:
+    """What the step set in ctx.data (stored with its completion)."""
+    changed = {k: v for k, v in ctx.data.items() if k not in before or before[k] != v}
+    return to_json(changed, f"{label} (ctx.data)") if changed else None
 
 
 def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
     label = f"step {saga.name}.{step.name}"
     store = rt.store
+    ancestors = sorted(saga.ancestors()[step.name])
     forward = step.name in saga.after_pivot()  # past the point of no return: retry, never undo
     budget = max(step.retry, saga.forward_retry) if forward else step.retry
 
@@ -164,52 +124,45 @@ def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
         name=step_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False
     )
     def run_step(task: Task[Any, None], *, saga_id: str) -> None:
-        claim = store.claim_step(saga_id, step.name, step.depends_on)
+        claim = store.claim_step(saga_id, step.name, step.depends_on, ancestors)
         if claim.outcome is Claim.EXPIRED:
             start_compensation(rt, saga, saga_id, reason="deadline exceeded")
             return
         if claim.outcome is not Claim.RUN:
             return  # already done (redelivery) or the saga moved on
-        rt.emit(EventType.STEP_STARTED, saga_id, saga.name, step=step.name, attempt=claim.attempts)
+
+        def emit(type: EventType, **details: Any) -> None:
+            rt.emit(type, saga_id, saga.name, step=step.name, attempt=claim.attempts, **details)
+
+        emit(EventType.STEP_STARTED)
         started = time.perf_counter()
+        ctx = _context(saga, step, saga_id, claim)
+        before = dict(ctx.data)
         try:
-            ctx = _context(saga, step, saga_id, claim)
-            result = to_json(call_user(step.fn, (ctx,), step.timeout), label)
+            if step.when is not None and not step.when(ctx):
+                store.skip_step(saga_id, step.name)
+                return
+            if step.sub_saga is not None:
+                result = run_child(rt, step, ctx)
+            else:
+                result = to_json(call_user(step.fn, (ctx,), step.timeout), label)
+            data = _written(ctx, before, label)
+        except ChildPending as pending:
+            raise task.retry(countdown=POLL_SECONDS, max_retries=None) from pending
         except Exception as exc:
             # attempts counts redeliveries too: a step that keeps killing its worker stops.
             retries = claim.attempts - 1
             error = describe(exc)
             if not isinstance(exc, NonRetryableError) and retries < budget:
-                rt.emit(
-                    EventType.STEP_RETRYING,
-                    saga_id,
-                    saga.name,
-                    step=step.name,
-                    attempt=claim.attempts,
-                    error=error,
-                )
+                emit(EventType.STEP_RETRYING, error=error)
                 raise task.retry(exc=exc, countdown=backoff_delay(step.backoff, retries)) from exc
             store.fail_step(saga_id, step.name, error)
             if forward:
                 store.fail_forward(saga_id, step.name, error)  # so the errback undoes nothing
-            rt.emit(
-                EventType.STEP_FAILED,
-                saga_id,
-                saga.name,
-                step=step.name,
-                attempt=claim.attempts,
-                error=error,
-            )
+            emit(EventType.STEP_FAILED, error=error)
             raise  # Celery now calls our errback, which starts compensation
-        if store.complete_step(saga_id, step.name, result):
-            rt.emit(
-                EventType.STEP_COMPLETED,
-                saga_id,
-                saga.name,
-                step=step.name,
-                attempt=claim.attempts,
-                duration_ms=_ms_since(started),
-            )
+        if store.complete_step(saga_id, step.name, result, data):
+            emit(EventType.STEP_COMPLETED, duration_ms=_ms_since(started))
         else:
             _undo_late_step(rt, saga, step, ctx, result)
 
@@ -241,12 +194,13 @@ def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
     compensate = step.compensation
     store = rt.store
     lease = step_lease(step)
+    ancestors = sorted(saga.ancestors()[step.name])
 
     @rt.app.task(
         name=compensation_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False
     )
     def run_compensation(task: Task[Any, None], *, saga_id: str) -> None:
-        claim = store.claim_compensation(saga_id, step.name, step.depends_on)
+        claim = store.claim_compensation(saga_id, step.name, step.depends_on, ancestors)
         if claim.outcome is Claim.WAIT:
             # A sibling still running when compensation began: undo it once it finishes.
             if time.time() - (claim.started_at or 0) < lease:
@@ -255,17 +209,20 @@ def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
             return
         if claim.outcome is not Claim.RUN:
             return
-        rt.emit(
-            EventType.COMPENSATION_STARTED,
-            saga_id,
-            saga.name,
-            step=step.name,
-            attempt=claim.attempts,
-        )
+
+        def emit(type: EventType, **details: Any) -> None:
+            rt.emit(type, saga_id, saga.name, step=step.name, attempt=claim.attempts, **details)
+
+        emit(EventType.COMPENSATION_STARTED)
         started = time.perf_counter()
         try:
-            ctx = _context(saga, step, saga_id, claim)
-            call_user(compensate, (ctx, claim.result), step.timeout)
+            if step.sub_saga is not None:
+                undo_child(rt, claim.result)
+            else:
+                ctx = _context(saga, step, saga_id, claim)
+                call_user(compensate, (ctx, claim.result), step.timeout)
+        except ChildPending as pending:
+            raise task.retry(countdown=POLL_SECONDS, max_retries=None) from pending
         except Exception as exc:
             retries = claim.attempts - 1
             error = describe(exc)
@@ -273,22 +230,8 @@ def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
                 delay = backoff_delay(saga.compensation_backoff, retries)
                 raise task.retry(exc=exc, countdown=delay) from exc
             store.fail_compensation(saga_id, step.name, error)
-            rt.emit(
-                EventType.COMPENSATION_FAILED,
-                saga_id,
-                saga.name,
-                step=step.name,
-                attempt=claim.attempts,
-                error=error,
-            )
+            emit(EventType.COMPENSATION_FAILED, error=error)
             rt.emit(EventType.SAGA_FAILED, saga_id, saga.name, step=step.name, error=error)
             raise  # stops the compensation chain: the saga is FAILED and needs an operator
         store.complete_compensation(saga_id, step.name)
-        rt.emit(
-            EventType.COMPENSATION_COMPLETED,
-            saga_id,
-            saga.name,
-            step=step.name,
-            attempt=claim.attempts,
-            duration_ms=_ms_since(started),
-        )
+        emit(EventType.COMPENSATION_COMPLETED, duration_ms=_ms_since(started))

@@ -39,6 +39,8 @@ saga = Table(
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float),
     Column("deadline_at", Float),
+    Column("headers", Json),
+    Column("parent_id", String(36)),
     UniqueConstraint("name", "idempotency_key", name="uq_saga_name_idempotency_key"),
     Index("ix_saga_created_at", "created_at"),
     Index("ix_saga_status_created_at", "status", "created_at"),
@@ -54,6 +56,7 @@ saga_step = Table(
     Column("status", String(24), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("result", Json),
+    Column("data", Json),  # what the step wrote to ctx.data
     Column("error", Text),
     Column("started_at", Float),
     Column("finished_at", Float),

@@ -65,6 +65,8 @@ class SagaRecord:
     updated_at: float
     finished_at: float | None
     deadline_at: float | None
+    headers: dict[str, str]
+    parent_id: str | None
     steps: tuple[StepRecord, ...]
 
     def step(self, name: str) -> StepRecord:
@@ -86,6 +88,8 @@ class StepClaim:
     attempts: int = 0
     input: dict[str, Any] | None = None
     results: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
     result: Any = None  # the step's stored result (DONE, and compensation RUN)
     started_at: float | None = None
 
@@ -136,6 +140,8 @@ class SagaStore:
         steps: Sequence[str],
         idempotency_key: str | None = None,
         deadline_at: float | None = None,
+        headers: dict[str, str] | None = None,
+        parent_id: str | None = None,
     ) -> tuple[str, bool]:
         """Insert the saga and its PENDING steps in one transaction.
         Returns (id, created); a known idempotency key returns the existing saga's id."""
@@ -152,6 +158,8 @@ class SagaStore:
                         input=input,
                         idempotency_key=idempotency_key,
                         deadline_at=deadline_at,
+                        headers=headers,
+                        parent_id=parent_id,
                         created_at=now,
                         updated_at=now,
                     )
@@ -195,9 +203,12 @@ class SagaStore:
 
     # -- forward steps --------------------------------------------------------------------
 
-    def claim_step(self, saga_id: str, step: str, deps: Sequence[str]) -> StepClaim:
+    def claim_step(
+        self, saga_id: str, step: str, deps: Sequence[str], ancestors: Sequence[str] = ()
+    ) -> StepClaim:
         """PENDING->RUNNING (or RUNNING->RUNNING on redelivery), attempts+1, while the saga is
-        active. Returns the saga input and dependency results for the step to run with."""
+        active. Returns what the step runs with: the saga input and headers, the results of
+        its dependencies, and the data its ancestors wrote."""
         now = time.time()
         with self._begin() as conn:
             attempts = conn.execute(
@@ -220,9 +231,42 @@ class SagaStore:
             ).scalar()
             if attempts is None:
                 return self._refused_step_claim(conn, saga_id, step, now)
-            saga_input = conn.execute(select(saga.c.input).where(saga.c.id == saga_id)).scalar()
-            results = self._results(conn, saga_id, deps)
-        return StepClaim(Claim.RUN, attempts=attempts, input=saga_input, results=results)
+            return self._run_claim(conn, saga_id, attempts, deps, ancestors)
+
+    def _run_claim(
+        self,
+        conn: Connection,
+        saga_id: str,
+        attempts: int,
+        deps: Sequence[str],
+        ancestors: Sequence[str],
+        result: Any = None,
+    ) -> StepClaim:
+        head = conn.execute(select(saga.c.input, saga.c.headers).where(saga.c.id == saga_id)).one()
+        results: dict[str, Any] = {}
+        data: dict[str, Any] = {}
+        wanted = {*deps, *ancestors}
+        if wanted:
+            rows = conn.execute(
+                select(saga_step.c.name, saga_step.c.status, saga_step.c.result, saga_step.c.data)
+                .where(saga_step.c.saga_id == saga_id, saga_step.c.name.in_(wanted))
+                .order_by(saga_step.c.position)
+            )
+            for row in rows:
+                if row.status == StepStatus.SKIPPED:
+                    continue
+                if row.name in deps:
+                    results[row.name] = row.result
+                data.update(row.data or {})
+        return StepClaim(
+            Claim.RUN,
+            attempts=attempts,
+            input=head.input,
+            headers=head.headers or {},
+            results=results,
+            data=data,
+            result=result,
+        )
 
     def _refused_step_claim(
         self, conn: Connection, saga_id: str, step: str, now: float
@@ -258,17 +302,9 @@ class SagaStore:
             )
         return StepClaim(Claim.SKIP)
 
-    def _results(self, conn: Connection, saga_id: str, steps: Sequence[str]) -> dict[str, Any]:
-        if not steps:
-            return {}
-        rows = conn.execute(
-            select(saga_step.c.name, saga_step.c.result).where(
-                saga_step.c.saga_id == saga_id, saga_step.c.name.in_(steps)
-            )
-        )
-        return {r.name: r.result for r in rows}
-
-    def complete_step(self, saga_id: str, step: str, result: Any) -> bool:
+    def complete_step(
+        self, saga_id: str, step: str, result: Any, data: dict[str, Any] | None = None
+    ) -> bool:
         """RUNNING->COMPLETED. False when the row was no longer RUNNING (the saga gave up on it)."""
         return self._update_step(
             saga_id,
@@ -276,7 +312,14 @@ class SagaStore:
             (StepStatus.RUNNING,),
             status=StepStatus.COMPLETED,
             result=result,
+            data=data,
             finished_at=time.time(),
+        )
+
+    def skip_step(self, saga_id: str, step: str) -> bool:
+        """RUNNING->SKIPPED: the step's condition was false."""
+        return self._update_step(
+            saga_id, step, (StepStatus.RUNNING,), status=StepStatus.SKIPPED, finished_at=time.time()
         )
 
     def fail_step(self, saga_id: str, step: str, error: str) -> bool:
@@ -313,6 +356,7 @@ class SagaStore:
         failed_step: str | None = None,
         reason: str | None = None,
         stop_running: bool = False,
+        allowed: Sequence[SagaStatus] = ACTIVE,
     ) -> dict[str, StepStatus] | None:
         """Active->COMPENSATING in one conditional UPDATE: only the first caller gets the plan
         (the steps COMPLETED or still RUNNING); later callers get None. Steps that never
@@ -325,8 +369,8 @@ class SagaStore:
         with self._begin() as conn:
             won = conn.execute(
                 update(saga)
-                .where(saga.c.id == saga_id, saga.c.status.in_(ACTIVE))
-                .values(status=SagaStatus.COMPENSATING, updated_at=now)
+                .where(saga.c.id == saga_id, saga.c.status.in_(allowed))
+                .values(status=SagaStatus.COMPENSATING, updated_at=now, finished_at=None)
             )
             if won.rowcount != 1:
                 return None
@@ -457,7 +501,9 @@ class SagaStore:
             )
             return list(names.scalars())
 
-    def claim_compensation(self, saga_id: str, step: str, deps: Sequence[str]) -> StepClaim:
+    def claim_compensation(
+        self, saga_id: str, step: str, deps: Sequence[str], ancestors: Sequence[str] = ()
+    ) -> StepClaim:
         """COMPLETED->COMPENSATING (or again on retry/redelivery) while the saga is COMPENSATING."""
         now = time.time()
         with self._begin() as conn:
@@ -477,15 +523,10 @@ class SagaStore:
             ).first()
             if row is None:
                 return self._refused_compensation_claim(conn, saga_id, step)
-            saga_input = conn.execute(select(saga.c.input).where(saga.c.id == saga_id)).scalar()
-            results = self._results(conn, saga_id, deps)
-        return StepClaim(
-            Claim.RUN,
-            attempts=row.compensation_attempts,
-            input=saga_input,
-            results=results,
-            result=row.result,
-        )
+            # The compensation sees its ancestors' data and what its own step wrote.
+            return self._run_claim(
+                conn, saga_id, row.compensation_attempts, deps, [*ancestors, step], row.result
+            )
 
     def _refused_compensation_claim(self, conn: Connection, saga_id: str, step: str) -> StepClaim:
         row = conn.execute(
@@ -675,6 +716,8 @@ def _saga_record(head: Any, steps: Sequence[Any]) -> SagaRecord:
         updated_at=head.updated_at,
         finished_at=head.finished_at,
         deadline_at=head.deadline_at,
+        headers=head.headers or {},
+        parent_id=head.parent_id,
         steps=tuple(
             StepRecord(
                 name=s.name,

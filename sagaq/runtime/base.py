@@ -1,0 +1,43 @@
+"""What every sagaq task shares: the Runtime (app, store, event bus, registered sagas) and
+publishing with a little patience for broker hiccups."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from celery.canvas import Signature
+from kombu.exceptions import OperationalError as BrokerError
+
+from sagaq.definition.saga import Saga
+from sagaq.errors import BrokerUnavailableError
+from sagaq.observability.events import EventBus, EventType, SagaEvent
+from sagaq.store import SagaStore
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every sagaq task needs: where to publish, where state lives, who listens."""
+
+    app: Celery
+    store: SagaStore
+    events: EventBus
+    sagas: Mapping[str, Saga]
+
+    def emit(self, type: EventType, saga_id: str, saga: str, **details: Any) -> None:
+        self.events.emit(SagaEvent(type, saga_id, saga, **details))
+
+
+def publish(sig: Signature, attempts: int = 3) -> None:
+    """Send a canvas, retrying briefly when the broker hiccups."""
+    for attempt in range(1, attempts + 1):
+        try:
+            sig.apply_async()
+            return
+        except BrokerError as exc:
+            if attempt == attempts:
+                raise BrokerUnavailableError(f"cannot publish to the broker: {exc}") from exc
+            time.sleep(0.2 * attempt)
