@@ -147,7 +147,13 @@ def _sequence(sigs: list[Signature]) -> Signature:
 
 
 def _with_finalizer(shape: Shape, leaf: Callable[[str], Signature], done: Signature) -> Signature:
-    parts = shape.parts if isinstance(shape, Seq) else (shape,)
+    """Append the finalizer. When the canvas ends with a single task, that task finishes the
+    saga itself (kwarg final=True, in the same transaction): one Celery hop fewer."""
+    parts = list(shape.parts if isinstance(shape, Seq) else (shape,))
+    if isinstance(parts[-1], Leaf):
+        last = leaf(parts[-1].step)
+        last.kwargs["final"] = True
+        return _sequence([*(_canvas(p, leaf) for p in parts[:-1]), last])
     return _sequence([*(_canvas(p, leaf) for p in parts), done])
 
 

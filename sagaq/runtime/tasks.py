@@ -123,7 +123,7 @@ def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
     @rt.app.task(
         name=step_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False
     )
-    def run_step(task: Task[Any, None], *, saga_id: str) -> None:
+    def run_step(task: Task[Any, None], *, saga_id: str, final: bool = False) -> None:
         claim = store.claim_step(saga_id, step.name, step.depends_on, ancestors)
         if claim.outcome is Claim.EXPIRED:
             start_compensation(rt, saga, saga_id, reason="deadline exceeded")
@@ -140,7 +140,11 @@ def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
         before = dict(ctx.data)
         try:
             if step.when is not None and not step.when(ctx):
-                store.skip_step(saga_id, step.name)
+                _, finished = store.complete_step(
+                    saga_id, step.name, None, status=StepStatus.SKIPPED, finish=final
+                )
+                if finished:
+                    rt.emit(EventType.SAGA_COMPLETED, saga_id, saga.name)
                 return
             if step.sub_saga is not None:
                 result = run_child(rt, step, ctx)
@@ -161,10 +165,13 @@ def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
                 store.fail_forward(saga_id, step.name, error)  # so the errback undoes nothing
             emit(EventType.STEP_FAILED, error=error)
             raise  # Celery now calls our errback, which starts compensation
-        if store.complete_step(saga_id, step.name, result, data):
-            emit(EventType.STEP_COMPLETED, duration_ms=_ms_since(started))
-        else:
+        completed, finished = store.complete_step(saga_id, step.name, result, data, finish=final)
+        if not completed:
             _undo_late_step(rt, saga, step, ctx, result)
+            return
+        emit(EventType.STEP_COMPLETED, duration_ms=_ms_since(started))
+        if finished:
+            rt.emit(EventType.SAGA_COMPLETED, saga_id, saga.name)
 
 
 def _ms_since(started: float) -> float:
@@ -199,7 +206,7 @@ def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
     @rt.app.task(
         name=compensation_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False
     )
-    def run_compensation(task: Task[Any, None], *, saga_id: str) -> None:
+    def run_compensation(task: Task[Any, None], *, saga_id: str, final: bool = False) -> None:
         claim = store.claim_compensation(saga_id, step.name, step.depends_on, ancestors)
         if claim.outcome is Claim.WAIT:
             # A sibling still running when compensation began: undo it once it finishes.
@@ -233,5 +240,7 @@ def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
             emit(EventType.COMPENSATION_FAILED, error=error)
             rt.emit(EventType.SAGA_FAILED, saga_id, saga.name, step=step.name, error=error)
             raise  # stops the compensation chain: the saga is FAILED and needs an operator
-        store.complete_compensation(saga_id, step.name)
+        _, finished = store.complete_compensation(saga_id, step.name, finish=final)
         emit(EventType.COMPENSATION_COMPLETED, duration_ms=_ms_since(started))
+        if finished:
+            rt.emit(EventType.SAGA_COMPENSATED, saga_id, saga.name)

@@ -3,11 +3,14 @@ tasks cannot corrupt state. The same code serves SQLite and PostgreSQL; `SagaSto
 
 from __future__ import annotations
 
+import os
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -100,6 +103,9 @@ class SagaStore:
     def __init__(self, url: str, *, create_tables: bool = True) -> None:
         self.url = url
         self.engine = _make_engine(url)
+        # Celery's prefork pool forks after this process used the pool: a child must open its
+        # own connections, or siblings share one socket and read each other's results.
+        os.register_at_fork(after_in_child=partial(_forget_connections, weakref.ref(self.engine)))
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if create_tables:
             self.create_tables()
@@ -303,24 +309,28 @@ class SagaStore:
         return StepClaim(Claim.SKIP)
 
     def complete_step(
-        self, saga_id: str, step: str, result: Any, data: dict[str, Any] | None = None
-    ) -> bool:
-        """RUNNING->COMPLETED. False when the row was no longer RUNNING (the saga gave up on it)."""
-        return self._update_step(
-            saga_id,
-            step,
-            (StepStatus.RUNNING,),
-            status=StepStatus.COMPLETED,
-            result=result,
-            data=data,
-            finished_at=time.time(),
-        )
-
-    def skip_step(self, saga_id: str, step: str) -> bool:
-        """RUNNING->SKIPPED: the step's condition was false."""
-        return self._update_step(
-            saga_id, step, (StepStatus.RUNNING,), status=StepStatus.SKIPPED, finished_at=time.time()
-        )
+        self,
+        saga_id: str,
+        step: str,
+        result: Any,
+        data: dict[str, Any] | None = None,
+        *,
+        finish: bool = False,
+        status: StepStatus = StepStatus.COMPLETED,
+    ) -> tuple[bool, bool]:
+        """RUNNING->COMPLETED (or SKIPPED). With `finish` (the saga's last step) the saga is
+        marked COMPLETED in the same transaction. Returns (step done, saga done); the step is
+        not done when its row was no longer RUNNING (the saga gave up on it)."""
+        now = time.time()
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga_step)
+                .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.RUNNING)
+                .values(status=status, result=result, data=data, finished_at=now)
+            )
+            if done.rowcount != 1:
+                return False, False
+            return True, finish and self._finish_saga(conn, saga_id, now)
 
     def fail_step(self, saga_id: str, step: str, error: str) -> bool:
         return self._update_step(
@@ -334,17 +344,19 @@ class SagaStore:
 
     def finish_saga(self, saga_id: str) -> bool:
         """Active->COMPLETED, only when every step is COMPLETED or SKIPPED."""
+        with self._begin() as conn:
+            return self._finish_saga(conn, saga_id, time.time())
+
+    def _finish_saga(self, conn: Connection, saga_id: str, now: float) -> bool:
         unfinished = exists().where(
             saga_step.c.saga_id == saga_id,
             saga_step.c.status.not_in((StepStatus.COMPLETED, StepStatus.SKIPPED)),
         )
-        now = time.time()
-        with self._begin() as conn:
-            done = conn.execute(
-                update(saga)
-                .where(saga.c.id == saga_id, saga.c.status.in_(ACTIVE), ~unfinished)
-                .values(status=SagaStatus.COMPLETED, updated_at=now, finished_at=now)
-            )
+        done = conn.execute(
+            update(saga)
+            .where(saga.c.id == saga_id, saga.c.status.in_(ACTIVE), ~unfinished)
+            .values(status=SagaStatus.COMPLETED, updated_at=now, finished_at=now)
+        )
         return done.rowcount == 1
 
     # -- compensation ---------------------------------------------------------------------
@@ -550,14 +562,21 @@ class SagaStore:
             return StepClaim(Claim.WAIT, started_at=time.time())
         return StepClaim(Claim.SKIP)
 
-    def complete_compensation(self, saga_id: str, step: str) -> bool:
-        return self._update_step(
-            saga_id,
-            step,
-            (StepStatus.COMPENSATING,),
-            status=StepStatus.COMPENSATED,
-            compensated_at=time.time(),
-        )
+    def complete_compensation(
+        self, saga_id: str, step: str, *, finish: bool = False
+    ) -> tuple[bool, bool]:
+        """COMPENSATING->COMPENSATED; with `finish` (the last compensation) the saga is marked
+        COMPENSATED in the same transaction. Returns (step undone, saga done)."""
+        now = time.time()
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga_step)
+                .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.COMPENSATING)
+                .values(status=StepStatus.COMPENSATED, compensated_at=now)
+            )
+            if done.rowcount != 1:
+                return False, False
+            return True, finish and self._finish_compensation(conn, saga_id, now)
 
     def fail_compensation(self, saga_id: str, step: str, error: str) -> None:
         """The step could not be undone: the saga is FAILED and needs an operator."""
@@ -593,19 +612,21 @@ class SagaStore:
 
     def finish_compensation(self, saga_id: str) -> bool:
         """COMPENSATING->COMPENSATED, unless some compensation is unfinished or failed."""
+        with self._begin() as conn:
+            return self._finish_compensation(conn, saga_id, time.time())
+
+    def _finish_compensation(self, conn: Connection, saga_id: str, now: float) -> bool:
         unfinished = exists().where(
             saga_step.c.saga_id == saga_id,
             saga_step.c.status.in_(
                 (StepStatus.RUNNING, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED)
             ),
         )
-        now = time.time()
-        with self._begin() as conn:
-            done = conn.execute(
-                update(saga)
-                .where(saga.c.id == saga_id, saga.c.status == SagaStatus.COMPENSATING, ~unfinished)
-                .values(status=SagaStatus.COMPENSATED, updated_at=now, finished_at=now)
-            )
+        done = conn.execute(
+            update(saga)
+            .where(saga.c.id == saga_id, saga.c.status == SagaStatus.COMPENSATING, ~unfinished)
+            .values(status=SagaStatus.COMPENSATED, updated_at=now, finished_at=now)
+        )
         return done.rowcount == 1
 
     # -- reading --------------------------------------------------------------------------
@@ -740,6 +761,12 @@ def _saga_record(head: Any, steps: Sequence[Any]) -> SagaRecord:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _forget_connections(engine: weakref.ref[Engine]) -> None:
+    """In a forked child: drop the parent's pooled connections without closing them."""
+    if (alive := engine()) is not None:
+        alive.dispose(close=False)
 
 
 def _make_engine(url: str) -> Engine:

@@ -41,7 +41,7 @@ def new_saga(store: SagaStore, key: str | None = None) -> str:
 def run(store: SagaStore, saga_id: str, step: str, result: object) -> None:
     claim = store.claim_step(saga_id, step, [])
     assert claim.outcome is Claim.RUN
-    assert store.complete_step(saga_id, step, result)
+    assert store.complete_step(saga_id, step, result) == (True, False)
 
 
 def test_create_writes_saga_and_pending_steps_and_honours_idempotency_key(
@@ -126,10 +126,10 @@ def test_compensation_waits_for_a_running_step_then_runs_once(store: SagaStore) 
     store.begin_compensation(saga_id, failed_step="b")
 
     assert store.claim_compensation(saga_id, "a", []).outcome is Claim.WAIT
-    assert store.complete_step(saga_id, "a", {"late": True})
+    assert store.complete_step(saga_id, "a", {"late": True}) == (True, False)
     claim = store.claim_compensation(saga_id, "a", [])
     assert (claim.outcome, claim.result) == (Claim.RUN, {"late": True})
-    assert store.complete_compensation(saga_id, "a")
+    assert store.complete_compensation(saga_id, "a") == (True, False)
     assert store.claim_compensation(saga_id, "a", []).outcome is Claim.DONE
     assert store.finish_compensation(saga_id)
     assert not store.finish_compensation(saga_id)

@@ -53,24 +53,24 @@ def describe(sig: Signature) -> Any:
         return ("group", [describe(t) for t in sig.tasks])
     if isinstance(sig, _chain):
         return ("chain", [describe(t) for t in sig.tasks])
-    return sig.task
+    return sig.task + ("+final" if sig.kwargs.get("final") else "")
 
 
-def test_line_compiles_to_one_chain_of_five_steps_then_the_finalizer() -> None:
+def test_line_compiles_to_one_chain_of_five_steps_the_last_one_finishing_the_saga() -> None:
     canvas = compile_saga(LINE, "sid", app)
 
     assert describe(canvas) == (
         "chain",
-        ["line.s1", "line.s2", "line.s3", "line.s4", "line.s5", "sagaq.saga_done"],
+        ["line.s1", "line.s2", "line.s3", "line.s4", "line.s5+final"],
     )
 
 
 def test_every_step_signature_is_immutable_routed_and_has_an_immutable_errback() -> None:
     canvas = compile_saga(make("routed", {"x": [], "y": ["x"]}, queue="payments"), "sid-1", app)
 
-    for sig in canvas.tasks[:-1]:
+    for sig in canvas.tasks:
         assert sig.immutable
-        assert sig.kwargs == {"saga_id": "sid-1"}
+        assert sig.kwargs["saga_id"] == "sid-1"
         assert sig.options["queue"] == "payments"
         [errback] = [Signature(e) for e in sig.options["link_error"]]
         assert errback.task == "sagaq.step_failed"
@@ -85,7 +85,7 @@ def test_diamond_compiles_to_a_chord_whose_body_joins() -> None:
         "chain",
         [
             "diamond.a",
-            ("chord", ["diamond.b", "diamond.c"], ("chain", ["diamond.d", "sagaq.saga_done"])),
+            ("chord", ["diamond.b", "diamond.c"], "diamond.d+final"),
         ],
     )
 
@@ -98,7 +98,7 @@ def test_fan_out_of_eight_compiles_to_a_chord_of_eight() -> None:
     assert fan == (
         "chord",
         [f"fan.p{i}" for i in range(8)],
-        ("chain", ["fan.join", "sagaq.saga_done"]),
+        "fan.join+final",
     )
 
 
@@ -133,4 +133,13 @@ def test_compensation_canvas_skips_steps_without_compensation() -> None:
 
     canvas = compile_compensation(saga, "sid", ["first", "second"], app)
 
-    assert describe(canvas) == ("chain", ["mixed.first.compensate", "sagaq.compensation_done"])
+    assert describe(canvas) == "mixed.first.compensate+final"
+
+
+def test_a_canvas_ending_in_parallel_steps_gets_a_finalizer_task() -> None:
+    saga = make("tails", {"a": [], "b": ["a"], "c": ["a"]})
+
+    assert describe(compile_saga(saga, "sid", app)) == (
+        "chain",
+        ["tails.a", ("chord", ["tails.b", "tails.c"], "sagaq.saga_done")],
+    )
