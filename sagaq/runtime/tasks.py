@@ -58,22 +58,33 @@ def install_control_tasks(rt: Runtime) -> None:
     """The errback, the finalizers and the sweeper, shared by every saga."""
     store = rt.store
 
-    @rt.app.task(name=STEP_FAILED_TASK, bind=True, ignore_result=True, shared=False)
+    @rt.app.task(
+        name=STEP_FAILED_TASK, bind=True, ignore_result=True, max_retries=None, shared=False
+    )
     def step_failed(task: Task[Any, None], *, saga_id: str, saga: str, step: str) -> None:
         # Keyword-only, so Celery sends this errback as a message instead of calling it inline.
         definition = rt.sagas[saga]
+        record = store.get(saga_id)
+        if record is None or record.step(step).status not in (
+            StepStatus.FAILED,
+            StepStatus.RUNNING,
+        ):
+            # Not a step failure: Celery failed around a step that completed or never ran
+            # (a chord whose counter was lost, a publish that failed...). Compensating would
+            # undo a healthy saga; the sweeper resumes it instead.
+            log.warning("saga %s: errback for step %s ignored (step is not failed)", saga_id, step)
+            return
         if step in definition.after_pivot():
             # Past the point of no return the step task itself failed the saga (fail_forward);
             # a lost worker there is the sweeper's business. Compensating would be wrong, and
             # this errback may arrive after an operator already retried the saga.
             return
-        if definition.failure_policy is FailurePolicy.WAIT_ALL:
-            record = store.get(saga_id)
-            if record is not None and record.status.value in ("PENDING", "RUNNING"):
-                failed_at = max((s.finished_at or 0.0 for s in record.steps), default=0.0)
-                waiting = time.time() - failed_at < WAIT_ALL_GRACE
-                if waiting and siblings_still_working(definition, record):
-                    raise task.retry(countdown=0.1, max_retries=None)
+        wait_all = definition.failure_policy is FailurePolicy.WAIT_ALL
+        if wait_all and record.status.value in ("PENDING", "RUNNING"):
+            failed_at = max((s.finished_at or 0.0 for s in record.steps), default=0.0)
+            waiting = time.time() - failed_at < WAIT_ALL_GRACE
+            if waiting and siblings_still_working(definition, record):
+                raise task.retry(countdown=0.1)
         start_compensation(rt, definition, saga_id, failed_step=step)
 
     @rt.app.task(name=SAGA_DONE_TASK, ignore_result=True, shared=False)
@@ -124,7 +135,13 @@ def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
         name=step_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False
     )
     def run_step(task: Task[Any, None], *, saga_id: str, final: bool = False) -> None:
-        claim = store.claim_step(saga_id, step.name, step.depends_on, ancestors)
+        # A first-attempt message seen again, or any redelivered one, means an attempt may have
+        # died midway; a plain retry message follows an attempt that failed cleanly.
+        request = task.request
+        unknown = request.retries == 0 or bool((request.delivery_info or {}).get("redelivered"))
+        claim = store.claim_step(
+            saga_id, step.name, step.depends_on, ancestors, outcome_unknown=unknown
+        )
         if claim.outcome is Claim.EXPIRED:
             start_compensation(rt, saga, saga_id, reason="deadline exceeded")
             return
@@ -180,9 +197,10 @@ def _ms_since(started: float) -> float:
 
 def _undo_late_step(rt: Runtime, saga: Saga, step: Step, ctx: StepContext, result: Any) -> None:
     """The saga gave up on this step while it ran, and it succeeded after all: undo it here."""
-    if step.compensation is None:
+    if step.compensation is None or not rt.store.compensate_late_step(
+        ctx.saga_id, step.name, result
+    ):
         return
-    rt.store.compensate_late_step(ctx.saga_id, step.name, result)
     for attempt in range(saga.compensation_retry + 1):
         try:
             call_user(step.compensation, (ctx, result), step.timeout)
@@ -212,8 +230,8 @@ def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
             # A sibling still running when compensation began: undo it once it finishes.
             if time.time() - (claim.started_at or 0) < lease:
                 raise task.retry(countdown=min(0.05 * 2 ** min(task.request.retries, 6), 2.0))
-            store.fail_step(saga_id, step.name, "never reported back; treated as not applied")
-            return
+            store.abandon_step(saga_id, step.name, outcome_unknown=True)
+            raise task.retry(countdown=0)  # now COMPLETED (outcome unknown): undo it
         if claim.outcome is not Claim.RUN:
             return
 

@@ -210,7 +210,13 @@ class SagaStore:
     # -- forward steps --------------------------------------------------------------------
 
     def claim_step(
-        self, saga_id: str, step: str, deps: Sequence[str], ancestors: Sequence[str] = ()
+        self,
+        saga_id: str,
+        step: str,
+        deps: Sequence[str],
+        ancestors: Sequence[str] = (),
+        *,
+        outcome_unknown: bool = True,
     ) -> StepClaim:
         """PENDING->RUNNING (or RUNNING->RUNNING on redelivery), attempts+1, while the saga is
         active. Returns what the step runs with: the saga input and headers, the results of
@@ -236,7 +242,7 @@ class SagaStore:
                 .returning(saga_step.c.attempts)
             ).scalar()
             if attempts is None:
-                return self._refused_step_claim(conn, saga_id, step, now)
+                return self._refused_step_claim(conn, saga_id, step, now, outcome_unknown)
             return self._run_claim(conn, saga_id, attempts, deps, ancestors)
 
     def _run_claim(
@@ -275,7 +281,7 @@ class SagaStore:
         )
 
     def _refused_step_claim(
-        self, conn: Connection, saga_id: str, step: str, now: float
+        self, conn: Connection, saga_id: str, step: str, now: float, outcome_unknown: bool
     ) -> StepClaim:
         row = conn.execute(
             select(
@@ -295,18 +301,37 @@ class SagaStore:
             return StepClaim(Claim.EXPIRED)
         if row.status == StepStatus.RUNNING:
             # A retry or redelivery arriving after compensation began: this attempt will not
-            # run, so the step is over. Should an earlier attempt still finish, it finds the row
-            # FAILED and undoes its own effect (see runtime).
-            conn.execute(
-                update(saga_step)
-                .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.RUNNING)
-                .values(
-                    status=StepStatus.FAILED,
-                    finished_at=now,
-                    error="not retried: the saga stopped while this step was between attempts",
-                )
-            )
+            # run, so the step is over (see abandon_step).
+            self._abandon(conn, saga_id, step, outcome_unknown, now)
         return StepClaim(Claim.SKIP)
+
+    def abandon_step(self, saga_id: str, step: str, *, outcome_unknown: bool) -> None:
+        """Give up on a RUNNING step the saga no longer waits for."""
+        with self._begin() as conn:
+            self._abandon(conn, saga_id, step, outcome_unknown, time.time())
+
+    def _abandon(
+        self, conn: Connection, saga_id: str, step: str, outcome_unknown: bool, now: float
+    ) -> None:
+        """A step whose last attempt failed cleanly is FAILED. One whose attempt died midway
+        (worker lost) may have had its effect: it is recorded COMPLETED with no result, so it is
+        compensated like the others (compensations must tolerate an effect that never
+        happened). Should the attempt still finish after all, it finds the row taken."""
+        if outcome_unknown:
+            values = {
+                "status": StepStatus.COMPLETED,
+                "error": "outcome unknown (its worker was lost): compensated in case it applied",
+            }
+        else:
+            values = {
+                "status": StepStatus.FAILED,
+                "error": "not retried: the saga stopped while this step was between attempts",
+            }
+        conn.execute(
+            update(saga_step)
+            .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.RUNNING)
+            .values(finished_at=now, **values)
+        )
 
     def complete_step(
         self,
@@ -598,9 +623,10 @@ class SagaStore:
                 )
             )
 
-    def compensate_late_step(self, saga_id: str, step: str, result: Any) -> None:
-        """Record that a step finished after the saga gave up on it (it will undo itself)."""
-        self._update_step(
+    def compensate_late_step(self, saga_id: str, step: str, result: Any) -> bool:
+        """A step finished after the saga wrote it off as FAILED: it undoes itself. False when
+        the row is not FAILED (e.g. a duplicate run of a step that did complete)."""
+        return self._update_step(
             saga_id,
             step,
             (StepStatus.FAILED,),

@@ -111,27 +111,45 @@ def test_step_that_keeps_failing_is_retried_then_compensated(h: Harness) -> None
     assert h.ledger.of(result.id, "undo") == ["f1"]
 
 
-def test_duplicate_errbacks_while_a_step_runs_compensate_it_once(h: Harness) -> None:
-    """Two errbacks race for the same saga while g1 is still running: one wins, and g1 is
-    undone exactly once, after it finishes."""
+def test_duplicate_errbacks_compensate_once(h: Harness) -> None:
+    """g1 fails for good while its task is still busy, and Celery delivers its errback twice:
+    one wins, and g1 (which completes after all) is undone exactly once."""
     handle = h.engine.start("gated", {"gate": "g1"})
     _wait_for(lambda: h.engine.status(handle.id).step("g1").status == StepStatus.RUNNING)
+    h.engine.store.fail_step(handle.id, "g1", "boom")
     errback = h.app.signature(
         STEP_FAILED_TASK,
-        kwargs={"saga_id": handle.id, "saga": "gated", "step": "g2"},
+        kwargs={"saga_id": handle.id, "saga": "gated", "step": "g1"},
         queue=h.queue,
     )
     errback.apply_async()
     errback.apply_async()
-    _wait_for(lambda: h.engine.status(handle.id).status == SagaStatus.COMPENSATING)
+    _wait_for(lambda: h.engine.status(handle.id).status != SagaStatus.RUNNING)
     h.ledger.gate(handle.id).set()
+    _wait_for(lambda: h.engine.status(handle.id).step("g1").status == StepStatus.COMPENSATED)
 
     result = handle.wait(30)
-
     assert result.status == SagaStatus.COMPENSATED
     assert h.ledger.of(handle.id, "do") == ["g1"]
     assert h.ledger.of(handle.id, "undo") == ["g1"]
     assert statuses(result) == {"g1": StepStatus.COMPENSATED, "g2": StepStatus.SKIPPED}
+
+
+def test_errback_for_a_step_that_did_not_fail_is_ignored(h: Harness) -> None:
+    """Celery can call a chord body's errback although the body never ran: the store, not
+    Celery's errback bookkeeping, decides whether anything failed."""
+    handle = h.engine.start("gated", {"gate": "g1"})
+    _wait_for(lambda: h.engine.status(handle.id).step("g1").status == StepStatus.RUNNING)
+    h.app.signature(
+        STEP_FAILED_TASK,
+        kwargs={"saga_id": handle.id, "saga": "gated", "step": "g2"},  # g2 is still PENDING
+        queue=h.queue,
+    ).apply_async()
+    time.sleep(0.3)
+    h.ledger.gate(handle.id).set()
+
+    assert handle.wait(30).status == SagaStatus.COMPLETED
+    assert h.ledger.of(handle.id, "undo") == []
 
 
 def test_errback_for_a_finished_saga_changes_nothing(h: Harness) -> None:

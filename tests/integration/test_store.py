@@ -115,9 +115,27 @@ def test_step_between_retries_when_compensation_starts_is_failed_not_run(
     store.claim_step(saga_id, "a", [])  # running; its retry message is still on the way
     store.begin_compensation(saga_id, failed_step="b")
 
-    assert store.claim_step(saga_id, "a", []).outcome is Claim.SKIP
+    claim = store.claim_step(saga_id, "a", [], outcome_unknown=False)
+
+    assert claim.outcome is Claim.SKIP
     record = store.get(saga_id)
-    assert record is not None and record.steps[0].status == StepStatus.FAILED
+    assert record is not None and record.step("a").status == StepStatus.FAILED
+
+
+def test_step_redelivered_after_its_worker_died_is_compensated_in_case_it_applied(
+    store: SagaStore,
+) -> None:
+    saga_id = new_saga(store)
+    store.claim_step(saga_id, "a", [])  # its worker dies midway; the broker redelivers
+    store.begin_compensation(saga_id, failed_step="b")
+
+    assert store.claim_step(saga_id, "a", [], outcome_unknown=True).outcome is Claim.SKIP
+
+    record = store.get(saga_id)
+    assert record is not None and record.step("a").status == StepStatus.COMPLETED
+    assert "outcome unknown" in (record.step("a").error or "")
+    claim = store.claim_compensation(saga_id, "a", [])
+    assert (claim.outcome, claim.result) == (Claim.RUN, None)
 
 
 def test_compensation_waits_for_a_running_step_then_runs_once(store: SagaStore) -> None:
