@@ -37,7 +37,9 @@ def publish(sig: Signature, attempts: int = 3) -> None:
         try:
             sig.apply_async()
             return
-        except BrokerError as exc:
-            if attempt == attempts:
+        except (BrokerError, RuntimeError) as exc:
+            # RuntimeError: Celery's Redis result backend, which subscribes to each task sent,
+            # gave up reconnecting (after its own ~20 s of retries): Redis is down.
+            if attempt == attempts or isinstance(exc, RuntimeError):
                 raise BrokerUnavailableError(f"cannot publish to the broker: {exc}") from exc
             time.sleep(0.2 * attempt)
