@@ -28,6 +28,7 @@ class SweepReport:
     lost_steps: int = 0  # steps whose worker died (lease expired): sent again
     compensations_resumed: int = 0  # compensations that had stalled: sent again
     deadlines: int = 0  # sagas past their deadline: compensation started
+    failures: int = 0  # steps failed for good whose errback was lost: compensation started
 
 
 def sweep(rt: Runtime, *, stall_after: float = 30.0, now: float | None = None) -> SweepReport:
@@ -72,6 +73,13 @@ def _resume_forward(rt: Runtime, record: SagaRecord, now: float, report: SweepRe
     alive = [s for s in running if now - (s.started_at or now) < step_lease(saga.steps[s.name])]
     if alive or not rt.store.touch(record.id, record.updated_at):
         return  # a step is still within its lease, or another sweeper took this saga
+    failed = next((s.name for s in record.steps if s.status == StepStatus.FAILED), None)
+    if failed is not None and failed not in saga.after_pivot():
+        # It failed for good but its errback was lost (with the broker): running the steps
+        # after it would be wrong. Compensate, as the errback would have.
+        log.warning("saga %s: step %s failed, errback lost: compensating", record.id, failed)
+        report.failures += start_compensation(rt, saga, record.id, failed_step=failed)
+        return
     names = [s.name for s in remaining]
     log.warning("saga %s stalled in %s: re-publishing %s", record.id, record.status, names)
     publish(compile_saga(saga, record.id, rt.app, steps=names))
