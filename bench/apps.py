@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 import redis
 from celery import Celery, chain, chord, group
-from celery.canvas import Signature
+from celery.canvas import Signature, _chain, _chord
 
-from bench.config import FAN_WIDTH, LENGTHS, QUEUE
+from bench.config import FAIL_AT, FAN_WIDTH, LENGTHS, QUEUE
 from sagaq import NonRetryableError, Saga, SagaQ, StepContext
 from sagaq.observability.events import EventType, SagaEvent
 
@@ -142,7 +142,14 @@ class LocalDone:
 # -- the Celery app -----------------------------------------------------------------------
 
 
-def make_app(broker_url: str, result_backend: str, *, events: bool, embedded: bool) -> Celery:
+def make_app(
+    broker_url: str,
+    result_backend: str,
+    *,
+    events: bool,
+    embedded: bool,
+    overrides: dict[str, Any] | None = None,
+) -> Celery:
     """celeryconfig's safe settings (JSON, acks_late, prefetch 1, ...) with the bench URLs."""
     app = Celery("sagaq_bench", set_as_current=False)
     app.config_from_object("celeryconfig")
@@ -154,6 +161,7 @@ def make_app(broker_url: str, result_backend: str, *, events: bool, embedded: bo
         task_send_sent_event=events,
         worker_hijack_root_logger=False,
     )
+    app.conf.update(overrides or {})
     if embedded:
         # As sagaq.embedded.embedded_app: the memory transport is polled, once a second by default.
         app.conf.broker_transport_options = {"polling_interval": 0.005}
@@ -226,11 +234,16 @@ def install_raw_tasks(app: Celery, sink: DoneSink) -> None:
             sink.push(key)
 
 
-def raw_line(app: Celery, key: str, length: int, fail_at: int | None = None) -> Signature:
-    """A chain of `length` no-op tasks, each with a link_error errback; the last one signals."""
+def raw_line(
+    app: Celery, key: str, length: int, fail_at: int | None = None, ignore_result: bool = False
+) -> Signature:
+    """A chain of `length` no-op tasks, each with a link_error errback; the last one signals.
+    `ignore_result`: the tasks do not write their state to the result backend (profiling)."""
     sigs = []
     for i in range(1, length + 1):
         sig = _sig(app, RAW_STEP, key=key, fail=i == fail_at, done=i == length)
+        if ignore_result:
+            sig.set(ignore_result=True)
         sig.on_error(_sig(app, RAW_ERRBACK, key=key, failed=i))
         sigs.append(sig)
     return sigs[0] if length == 1 else chain(*sigs)
@@ -293,6 +306,32 @@ class Bench:
         return self.submit_sagaq if system == "sagaq" else self.submit_raw
 
 
+def count_tasks(sig: Signature) -> int:
+    """Celery tasks in a canvas."""
+    if isinstance(sig, _chord):
+        return sum(count_tasks(t) for t in sig.tasks) + count_tasks(sig.body)
+    if isinstance(sig, _chain | group):
+        return sum(count_tasks(t) for t in sig.tasks)
+    return 1
+
+
+def tasks_per_saga(app: Celery) -> dict[str, tuple[int, int]]:
+    """(sagaq, raw) Celery tasks that run per unit of work, counted from the compiled canvas of
+    the sagaq version under test (it changes as sagaq does)."""
+    from sagaq.compiler import compile_compensation, compile_saga
+
+    sagas = {s.name: s for s in build_sagas(QUEUE)}
+    line5 = sagas[line_name(5)]
+    undo = [f"s{i}" for i in range(1, FAIL_AT)]
+    comp = count_tasks(compile_compensation(line5, "x", undo, app))
+    return {
+        "W1": (count_tasks(compile_saga(line5, "x", app)), 5),
+        # W2: steps 1..4 run (4 fails), one errback, then the compensation canvas.
+        "W2": (FAIL_AT + 1 + comp, FAIL_AT + 1 + len(undo)),
+        "W3": (count_tasks(compile_saga(sagas[FAN_SAGA], "x", app)), FAN_WIDTH + 1),
+    }
+
+
 def build(
     broker_url: str,
     result_backend: str,
@@ -301,8 +340,11 @@ def build(
     events: bool,
     embedded: bool,
     sink: DoneSink,
+    overrides: dict[str, Any] | None = None,
 ) -> Bench:
-    app = make_app(broker_url, result_backend, events=events, embedded=embedded)
+    app = make_app(
+        broker_url, result_backend, events=events, embedded=embedded, overrides=overrides
+    )
     engine = SagaQ(app, store=store_url)
     engine.register(*build_sagas(QUEUE))
 

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from sqlalchemy import create_engine, text
 
-from bench.apps import Bench, LocalDone, RedisDone, Shape, build
+from bench.apps import Bench, LocalDone, RedisDone, Shape, build, make_app, tasks_per_saga
 from bench.config import (
     BENCH_DB,
     FAIL_AT,
@@ -196,7 +196,12 @@ class Runner:
 
     @contextmanager
     def running(
-        self, backend: Backend, store_url: str, concurrency: int = 2, warm: bool = True
+        self,
+        backend: Backend,
+        store_url: str,
+        concurrency: int = 2,
+        warm: bool = True,
+        extra_env: dict[str, str] | None = None,
     ) -> Iterator[Bench]:
         """A client-side Bench plus a running worker for `backend`, warmed up."""
         self.backend = backend
@@ -248,6 +253,7 @@ class Runner:
                 concurrency=concurrency,
                 events=self.o.events,
                 log_path=log_path,
+                extra_env=extra_env,
             ) as proc:
                 self.proc = proc
                 self.log(f"worker pid {proc.pid} (pool {proc.children()}), log {log_path}")
@@ -295,11 +301,13 @@ class Runner:
         c = self.o.counts
         only = self.o.only
         section = Section(key=backend.name, title=f"{backend.label} — {self.worker_label(backend)}")
+        counts = tasks_per_saga(
+            make_app("memory://", "cache+memory://", events=False, embedded=True)
+        )
         section.notes.append(
-            "sagaq runs one task per step plus a finalizer (W1: 6 tasks; W2: 4 steps + errback + "
-            "3 compensations + finalizer = 9; W3: 9 steps + finalizer = 10); raw Celery: W1 5 "
-            "tasks, W2 4 + errback + 3 = 8, W3 chord of 8 + body = 9. CPU per saga: CPU seconds "
-            "used during the throughput run / sagas."
+            "Celery tasks per saga, sagaq/raw: "
+            + ", ".join(f"{w} {a}/{b}" for w, (a, b) in counts.items())
+            + ". CPU per saga = CPU seconds each party used during the throughput run / sagas."
         )
         self.results.sections.append(section)
         self.background = []

@@ -5,7 +5,7 @@
 It registers the sagaq bench sagas and the raw Celery tasks on one app. URLs come from
 SAGAQ_BROKER_URL, SAGAQ_RESULT_BACKEND and SAGAQ_STORE_URL (read by sagaq.settings.Settings);
 BENCH_DONE_URL is the Redis holding the completion list, BENCH_EVENTS=1 turns Celery events on,
-BENCH_COUNT_SQL=1 counts SQL statements and transactions per process (profiling only).
+BENCH_COUNT_SQL=1 counts SQL statements and transactions (profiling only).
 """
 
 from __future__ import annotations

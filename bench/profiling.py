@@ -1,0 +1,415 @@
+"""`python -m bench.profiling`: where the time of a sagaq step goes, on W1 (Redis broker + Redis
+results + PostgreSQL store, one celery worker, prefork c=2, events off).
+
+1. SQL per saga: a worker with BENCH_COUNT_SQL=1 counts the statements and transactions that
+   W1 and W2 sagas cost (the counting itself is not timed).
+2. py-spy: `py-spy record --idle --nonblocking` on the worker's main process and both pool
+   processes while a backlog of W1 sagas (then of raw Celery chains) keeps them busy; every
+   sample is put in one bucket (PostgreSQL round trips, psycopg, SQLAlchemy, sagaq, Redis,
+   Celery/kombu/billiard, idle) by the innermost frame that belongs to a known package.
+3. Store micro-benchmark, no Celery (bench/micro.py): sagaq's store vs the same SQL on bare
+   psycopg vs one statement per transition.
+4. Celery knob on raw chains: task results stored (as sagaq's step tasks do) vs ignore_result.
+
+Writes bench/results/profile-<stamp>.json and profile-latest.json, prints a summary; the
+collapsed stacks stay in a temporary directory (path printed) for flame graphs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import linecache
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench.apps import Bench, Shape, raw_line, tasks_per_saga
+from bench.config import BACKENDS, FULL, PG_ADMIN_URL, REDIS_URL, REPO, RESULTS
+from bench.cpu import proc_cpu
+from bench.measure import throughput
+from bench.micro import run as micro_run
+from bench.results_model import Results
+from bench.runner import W1, W2, Options, Runner
+from bench.watch import ServiceWatch
+from bench.worker_app import SQL_COUNTS
+from bench.workers import create_bench_db, drop_bench_db, fresh_schema
+
+SITE = Path(sysconfig.get_paths()["purelib"])
+PY_SPY = Path(sys.executable).with_name("py-spy")
+
+IDLE = "idle: waiting for the next task"
+PG_IO = "PostgreSQL round trips (send, wait for the reply)"
+PSYCOPG = "psycopg (driver, Python side)"
+SQLA = "SQLAlchemy Core (statement building, compile cache, execution, results)"
+SAGAQ = "sagaq (runtime + store logic, events, JSON)"
+BENCH = "bench code (no-op step, completion signal)"
+REDIS_IO = "Redis round trips (result backend, next-task publish, signal)"
+REDIS_PY = "redis-py (client, Python side)"
+CELERY = "Celery/kombu/billiard (tracing, serialization, publishing, acks)"
+OTHER = "other (stdlib, pydantic, ...)"
+ORDER = [PG_IO, PSYCOPG, SQLA, SAGAQ, BENCH, REDIS_IO, REDIS_PY, CELERY, OTHER, IDLE]
+CELERY_PKGS = {"celery", "kombu", "billiard", "amqp", "vine", "click"}
+
+
+def _frame(frame: str) -> tuple[str, str, int]:
+    """'func (path:line)' -> (func, path, line)."""
+    func, _, rest = frame.rpartition(" (")
+    path, _, line = rest.rstrip(")").rpartition(":")
+    try:
+        return func, path, int(line)
+    except ValueError:
+        return func, path, 0
+
+
+def _is_io(path: str, line: int) -> bool:
+    """Does this source line hand over to the network (send, wait for, read a reply)?"""
+    text = linecache.getline(str(SITE / path), line)
+    words = ("send", "wait", "recv", "read(", "readline", "generators.", "select(", "poll(")
+    return any(w in text for w in words)
+
+
+def classify(frames: list[str]) -> str:
+    if not any("trace_task" in f for f in frames):
+        return IDLE
+    for depth, frame in enumerate(reversed(frames)):
+        _func, path, line = _frame(frame)
+        package = path.split("/", 1)[0]
+        if package == "psycopg":
+            return PG_IO if depth == 0 and _is_io(path, line) else PSYCOPG
+        if package == "sqlalchemy":
+            return SQLA
+        if package == "sagaq":
+            return SAGAQ
+        if package == "bench":
+            return BENCH
+        if package == "redis":
+            return REDIS_IO if depth == 0 and _is_io(path, line) else REDIS_PY
+        if package in CELERY_PKGS:
+            return CELERY
+    return OTHER
+
+
+def phase(frames: list[str]) -> str:
+    """Which part of a task's life the sample is in."""
+    joined = ";".join(frames)
+    if "trace_task" not in joined:
+        return "idle"
+    if "__protected_call__" in joined:
+        return "task body (sagaq step wrapper / raw no-op)"
+    if "mark_as_done" in joined or "mark_as_started" in joined or "store_result" in joined:
+        return "Celery: store state in the result backend"
+    if "_dispatch_callbacks_and_chain" in joined or "apply_async" in joined:
+        return "Celery: publish the next task of the chain"
+    return "Celery: other tracing"
+
+
+def store_method(frames: list[str]) -> str | None:
+    """The outermost SagaStore method the sample is in, if any."""
+    for frame in frames:
+        func, path, _ = _frame(frame)
+        if path.endswith("sagaq/store/store.py") and func.startswith("SagaStore."):
+            return func
+    return None
+
+
+def load(path: Path) -> list[tuple[list[str], int]]:
+    out = []
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack:
+            out.append((stack.split(";"), int(count)))
+    return out
+
+
+def analyse(children: list[Path], rate: int, sagas: float, tasks: int) -> dict[str, Any]:
+    """ms per saga in each bucket, summed over the pool processes."""
+    buckets: Counter[str] = Counter()
+    phases: Counter[str] = Counter()
+    methods: dict[str, Counter[str]] = defaultdict(Counter)
+    for path in children:
+        for frames, count in load(path):
+            bucket = classify(frames)
+            buckets[bucket] += count
+            phases[phase(frames)] += count
+            method = store_method(frames)
+            if method:
+                methods[method][bucket] += count
+
+    def ms(samples: int) -> float:
+        return round(samples / rate * 1000 / max(sagas, 1e-9), 3)
+
+    busy = sum(v for k, v in buckets.items() if k != IDLE)
+    return {
+        "ms_per_saga": {k: ms(buckets[k]) for k in ORDER if buckets[k]},
+        "busy_ms_per_saga": ms(busy),
+        "busy_ms_per_task": round(ms(busy) / tasks, 3),
+        "phases_ms_per_saga": {k: ms(v) for k, v in phases.most_common()},
+        "store_methods_ms_per_saga": {
+            m: {"total": ms(sum(c.values())), **{k: ms(v) for k, v in c.most_common()}}
+            for m, c in sorted(methods.items(), key=lambda kv: -sum(kv[1].values()))
+        },
+        "samples": sum(buckets.values()),
+    }
+
+
+def top_frames(children: list[Path], package: str, n: int = 12) -> list[tuple[str, int]]:
+    """Innermost frames of `package` where samples land (what to optimise there)."""
+    counter: Counter[str] = Counter()
+    for path in children:
+        for frames, count in load(path):
+            for frame in reversed(frames):
+                func, fpath, line = _frame(frame)
+                if fpath.startswith(package):
+                    counter[f"{func} ({fpath}:{line})"] += count
+                    break
+    return counter.most_common(n)
+
+
+class Profiler:
+    def __init__(self, args: argparse.Namespace, console: Console) -> None:
+        self.args = args
+        self.console = console
+        self.out_dir = Path(tempfile.mkdtemp(prefix="sagaq-profile-"))
+        self.backend = BACKENDS["redis"]
+        self.watch = ServiceWatch([REDIS_URL, PG_ADMIN_URL]).start()
+        self.runner = Runner(
+            Options(FULL, 1, set(), False, self.out_dir, 10.0),
+            Results(meta={}),
+            console,
+            self.watch,
+        )
+
+    def log(self, message: str) -> None:
+        self.console.log(message)
+
+    def sql_counts(self) -> dict[str, Any]:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        url = fresh_schema("profile_sql")
+        out: dict[str, Any] = {}
+        env = {"BENCH_COUNT_SQL": "1"}
+        with self.runner.running(self.backend, url, warm=False, extra_env=env) as bench:
+            n = 50
+            for name, shape in (("W1", W1), ("W2", W2)):
+                client.delete(SQL_COUNTS)
+                got = self.runner.attempt(
+                    f"sql {name}", lambda s=shape: throughput(bench, "sagaq", s, n, 120), bench
+                )
+                if got is None:
+                    continue
+                time.sleep(0.5)
+                raw = client.hgetall(SQL_COUNTS)
+                counts = {k.decode(): int(v) / n for k, v in raw.items()}
+                statements = sum(v for k, v in counts.items() if k not in ("BEGIN", "COMMIT"))
+                out[name] = {
+                    "per_saga": counts,
+                    "statements": statements,
+                    # psycopg sends BEGIN as its own round trip, then each statement, then COMMIT
+                    "round_trips": statements + counts.get("BEGIN", 0) + counts.get("COMMIT", 0),
+                }
+                self.log(f"SQL per {name} saga: {out[name]}")
+        # the client side of start(): create_saga + mark_published
+        return out
+
+    def spy(self, system: str) -> dict[str, Any]:
+        """Profile `system`; a profile during which a service restarted is taken again."""
+        for tries in range(1, 4):
+            generation = self.watch.generation
+            try:
+                result = self._spy(system)
+            except Exception as exc:
+                if self.watch.generation == generation:
+                    raise
+                result = {"error": str(exc)}
+            if self.watch.generation == generation:
+                return result
+            self.log(f"[yellow]{system}: a service restarted during the profile, try {tries}/3")
+            self.watch.wait_up()
+            time.sleep(3.0)
+        return {"error": "services kept restarting"}
+
+    def _spy(self, system: str) -> dict[str, Any]:
+        """py-spy on the worker's processes for exactly the processing of a fixed backlog.
+
+        (Not a fixed window: with a deep FIFO queue every chain's next task waits behind the
+        first tasks of all the others, so completions in a window say nothing about work done.)
+        """
+        n = self.args.sagas
+        url = fresh_schema(f"profile_{system}")
+        with self.runner.running(self.backend, url) as bench:
+            proc = self.runner.proc
+            assert proc is not None
+            pids = {"main": proc.pid, **{f"child{i}": p for i, p in enumerate(proc.children())}}
+            spies = [
+                subprocess.Popen(
+                    [
+                        str(PY_SPY),
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        str(self.args.rate),
+                        "--format",
+                        "raw",
+                        "--idle",
+                        "--nonblocking",
+                        "-o",
+                        str(self.out_dir / f"{system}-{name}.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for name, pid in pids.items()
+            ]
+            try:
+                time.sleep(2.0)  # attached
+                bench.sink.reset()
+                cpu0 = {k: proc_cpu(p) for k, p in pids.items()}
+                started = time.time()
+                keys = [bench.submitter(system)(W1) for _ in range(n)]
+                done = bench.sink.collect(keys, 600)
+                cpu = {k: proc_cpu(p) - cpu0[k] for k, p in pids.items()}
+                seconds = max(done.values()) - started
+            finally:
+                for spy_proc in spies:
+                    spy_proc.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+                for spy_proc in spies:
+                    spy_proc.wait(60)
+            tasks = tasks_per_saga(bench.app)["W1"][0 if system == "sagaq" else 1]
+        children = [self.out_dir / f"{system}-{k}.txt" for k in pids if k != "main"]
+        result = analyse(children, self.args.rate, n, tasks)
+        result.update(
+            {
+                "system": system,
+                "sagas": n,
+                "seconds": round(seconds, 2),
+                "sagas_per_s": round(n / seconds, 1),
+                "tasks_per_saga": tasks,
+                "cpu_ms_per_saga": {k: round(v * 1000 / n, 3) for k, v in cpu.items()},
+                "raw_stacks": [str(self.out_dir / f"{system}-{k}.txt") for k in pids],
+            }
+        )
+        for package in ("sqlalchemy", "sagaq", "psycopg", "celery", "kombu", "redis"):
+            result[f"top_{package}"] = top_frames(children, package)
+        return result
+
+    def celery_knobs(self) -> dict[str, Any]:
+        """Raw W1 chains on one worker, alternating: results stored (celeryconfig: stored, with
+        task_track_started) vs `ignore_result` on every signature (no STARTED/SUCCESS writes)."""
+        url = fresh_schema("profile_knobs")
+        runs: dict[str, list[tuple[float, float]]] = {"results stored": [], "ignore_result": []}
+        with self.runner.running(self.backend, url) as bench:
+            proc = self.runner.proc
+            assert proc is not None
+            for rnd in range(self.args.knob_rounds):
+                for label in sorted(runs, reverse=rnd % 2 == 1):
+                    ignore = label == "ignore_result"
+
+                    def submit(shape: Shape, b: Bench = bench, ig: bool = ignore) -> str:
+                        key = os.urandom(8).hex()
+                        raw_line(b.app, key, shape.length, ignore_result=ig).apply_async()
+                        return key
+
+                    probe = Bench(bench.app, bench.engine, bench.sink)
+                    probe.submit_raw = submit  # type: ignore[method-assign]
+                    self.runner.quiet()
+                    pids = [proc.pid, *proc.children()]
+                    before = sum(proc_cpu(p) for p in pids)
+                    got = self.runner.attempt(
+                        f"knobs {label}", lambda p=probe: throughput(p, "raw", W1, 300, 120), probe
+                    )
+                    if got is not None:
+                        cpu = (sum(proc_cpu(p) for p in pids) - before) * 1000 / 300
+                        runs[label].append((got.per_s, cpu))
+                        self.log(f"raw W1, {label}: {got.per_s:.1f}/s, worker {cpu:.2f} ms/chain")
+        return {
+            label: {
+                "chains_per_s": round(statistics.median(r for r, _ in values), 1),
+                "worker_cpu_ms_per_chain": round(statistics.median(c for _, c in values), 2),
+                "runs": len(values),
+            }
+            for label, values in runs.items()
+            if values
+        }
+
+    def close(self) -> None:
+        self.watch.stop()
+        self.runner.close()
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = []
+    for system in ("sagaq", "raw"):
+        spy = report.get("spy", {}).get(system)
+        if not spy:
+            continue
+        lines.append(
+            f"{system}: {spy['sagas_per_s']}/s while profiled, {spy['tasks_per_saga']} tasks "
+            f"per saga; pool processes busy {spy['busy_ms_per_saga']} ms per saga "
+            f"({spy['busy_ms_per_task']} ms per task); CPU ms per saga {spy['cpu_ms_per_saga']}"
+        )
+        for bucket, value in spy["ms_per_saga"].items():
+            lines.append(f"    {value:8.2f} ms/saga  {bucket}")
+        for name, value in spy["phases_ms_per_saga"].items():
+            lines.append(f"    {value:8.2f} ms/saga  [phase] {name}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profiling", description=__doc__)
+    parser.add_argument("--sagas", type=int, default=600, help="W1 sagas (chains) profiled")
+    parser.add_argument("--knob-rounds", type=int, default=4, help="rounds of the knob test")
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated phases to skip: sql,spy,micro,knobs"
+    )
+    args = parser.parse_args(argv)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report: dict[str, Any] = {"started": stamp, "sagas": args.sagas, "rate": args.rate}
+    create_bench_db()
+    profiler = Profiler(args, console)
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("sql", profiler.sql_counts),
+        ("spy", lambda: {s: profiler.spy(s) for s in ("sagaq", "raw")}),
+        ("micro", lambda: micro_run(fresh_schema("profile_micro"))),
+        ("knobs", profiler.celery_knobs),
+    ]
+    try:
+        for name, fn in steps:
+            if name not in skip:
+                console.log(f"[bold]{name}")
+                report[name] = fn()
+    finally:
+        profiler.close()
+        drop_bench_db()
+        report["stacks_dir"] = str(profiler.out_dir)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(report, indent=2, default=str) + "\n"
+        for path in (RESULTS / f"profile-{stamp}.json", RESULTS / "profile-latest.json"):
+            path.write_text(text)
+    print(summary(report))
+    console.log(
+        f"wrote {RESULTS.relative_to(REPO)}/profile-latest.json; stacks in {profiler.out_dir}"
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip interpreter teardown (Celery's AsyncResult.__del__ noise on exit)
+
+
+if __name__ == "__main__":
+    main()
