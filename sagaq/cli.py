@@ -289,6 +289,26 @@ def sweep(app_spec: str) -> None:
 
 @cli.command()
 @click.argument("saga")
+@click.option(
+    "--input", "raw_input", default="{}", help="A JSON object, or @FILE holding one (@- is stdin)."
+)
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per run.")
+@app_option
+def verify(saga: str, raw_input: str, timeout: float, app_spec: str) -> None:
+    """Run SAGA on the embedded default with a failure injected at every step in turn, and
+    check that exactly the completed steps are compensated, in reverse order."""
+    from sagaq.verify import verify_saga
+
+    data = _parse_input(raw_input)
+    definition = load_engine(app_spec).saga(saga)
+    with _console(stderr=True).status(f"verifying {saga}: one run per step..."):
+        report = verify_saga(definition, data, timeout=timeout)
+    _console().print(report.render())
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.argument("saga")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="ascii", show_default=True)
 @click.option("--compensation", is_flag=True, help="Draw the compensation (undo) plan instead.")
 @click.option("--run", "saga_id", metavar="SAGA_ID", help="Mark each step with its status in it.")

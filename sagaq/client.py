@@ -114,6 +114,13 @@ log = logging.getLogger("sagaq")
 MAX_INPUT_BYTES = 256 * 1024
 
 
+def _as_saga(definition: object) -> Saga:
+    found = definition if isinstance(definition, Saga) else getattr(definition, "__saga__", None)
+    if not isinstance(found, Saga):
+        raise DefinitionError(f"{definition!r} is not a Saga (nor a Tcc or an @saga class)")
+    return found
+
+
 class SagaHandle:
     """Returned by `start()` at once; `wait()` blocks until the saga is finished."""
 
@@ -147,9 +154,11 @@ class SagaQ:
         install_control_tasks(self.runtime)
         install_sweep_task(self.runtime)
 
-    def register(self, *sagas: Saga) -> None:
-        """Validate each saga and create its Celery tasks (`<saga>.<step>`). A saga that runs
-        sub-sagas is registered with or after them."""
+    def register(self, *definitions: Saga | object) -> None:
+        """Validate each saga and create its Celery tasks (`<saga>.<step>`). Takes Saga
+        objects, Tcc transactions and `@saga` classes. A saga that runs sub-sagas is registered
+        with or after them."""
+        sagas = [_as_saga(d) for d in definitions]
         known_names = set(self.sagas) | {s.name for s in sagas}
         for saga in sagas:
             for step in saga.steps.values():

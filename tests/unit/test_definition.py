@@ -125,15 +125,17 @@ def test_decorators_keep_the_step_callable_and_record_options() -> None:
 
 def test_public_api_is_pinned() -> None:
     assert set(sagaq.__all__) == {
-        "Saga", "Step", "StepContext", "SagaHandle", "SagaQ", "SagaResult", "SagaStatus",
-        "Settings", "StepResult", "StepStatus", "BrokerUnavailableError", "DefinitionError",
-        "InvalidInputError", "NonRetryableError", "SagaNotFoundError", "SagaTimeoutError",
-        "SagaqError", "StepTimeoutError", "StoreUnavailableError", "UnknownSagaError",
+        "FailurePolicy", "Saga", "Step", "StepContext", "Tcc", "compensation_step", "saga",
+        "saga_of", "saga_step", "Capabilities", "PatternChoice", "VerifyReport",
+        "assert_compensates_correctly", "choose_pattern", "verify_saga", "SagaHandle", "SagaQ",
+        "SagaResult", "SagaStatus", "Settings", "StepResult", "StepStatus",
+        "BrokerUnavailableError", "DefinitionError", "InvalidInputError", "InvalidStateError",
+        "NonRetryableError", "SagaNotFoundError", "SagaTimeoutError", "SagaqError",
+        "StepTimeoutError", "StoreUnavailableError", "UnknownSagaError",
         "UnserializableResultError",
     }  # fmt: skip
-    assert all(
-        issubclass(getattr(sagaq, n), sagaq.SagaqError) for n in sagaq.__all__ if "Error" in n
-    )
+    errors = [n for n in sagaq.__all__ if n.endswith("Error")]
+    assert all(issubclass(getattr(sagaq, n), sagaq.SagaqError) for n in errors)
 
 
 def test_step_timeout_beyond_the_redis_visibility_timeout_is_refused(tmp_path: Path) -> None:
