@@ -132,7 +132,11 @@ def _install_step_task(rt: Runtime, saga: Saga, step: Step) -> None:
     budget = max(step.retry, saga.forward_retry) if forward else step.retry
 
     @rt.app.task(
-        name=step_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False
+        name=step_task_name(saga.name, step.name),
+        bind=True,
+        max_retries=None,
+        shared=False,
+        ignore_result=rt.skip_result_backend,
     )
     def run_step(task: Task[Any, None], *, saga_id: str, final: bool = False) -> None:
         # A first-attempt message seen again, or any redelivered one, means an attempt may have
@@ -222,7 +226,11 @@ def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
     ancestors = sorted(saga.ancestors()[step.name])
 
     @rt.app.task(
-        name=compensation_task_name(saga.name, step.name), bind=True, max_retries=None, shared=False
+        name=compensation_task_name(saga.name, step.name),
+        bind=True,
+        max_retries=None,
+        shared=False,
+        ignore_result=rt.skip_result_backend,
     )
     def run_compensation(task: Task[Any, None], *, saga_id: str, final: bool = False) -> None:
         claim = store.claim_compensation(saga_id, step.name, step.depends_on, ancestors)

@@ -254,22 +254,35 @@ class SagaStore:
         ancestors: Sequence[str],
         result: Any = None,
     ) -> StepClaim:
-        head = conn.execute(select(saga.c.input, saga.c.headers).where(saga.c.id == saga_id)).one()
+        # One round trip: the saga row, joined with the rows of the steps it needs.
+        wanted = {*deps, *ancestors}
+        rows = conn.execute(
+            select(
+                saga.c.input,
+                saga.c.headers,
+                saga_step.c.name,
+                saga_step.c.status,
+                saga_step.c.result,
+                saga_step.c.data,
+            )
+            .select_from(
+                saga.outerjoin(
+                    saga_step,
+                    and_(saga_step.c.saga_id == saga.c.id, saga_step.c.name.in_(wanted)),
+                )
+            )
+            .where(saga.c.id == saga_id)
+            .order_by(saga_step.c.position)
+        ).all()
+        head = rows[0]
         results: dict[str, Any] = {}
         data: dict[str, Any] = {}
-        wanted = {*deps, *ancestors}
-        if wanted:
-            rows = conn.execute(
-                select(saga_step.c.name, saga_step.c.status, saga_step.c.result, saga_step.c.data)
-                .where(saga_step.c.saga_id == saga_id, saga_step.c.name.in_(wanted))
-                .order_by(saga_step.c.position)
-            )
-            for row in rows:
-                if row.status == StepStatus.SKIPPED:
-                    continue
-                if row.name in deps:
-                    results[row.name] = row.result
-                data.update(row.data or {})
+        for row in rows:
+            if row.name is None or row.status == StepStatus.SKIPPED:
+                continue
+            if row.name in deps:
+                results[row.name] = row.result
+            data.update(row.data or {})
         return StepClaim(
             Claim.RUN,
             attempts=attempts,
