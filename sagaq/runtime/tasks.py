@@ -72,7 +72,7 @@ def install_control_tasks(rt: Runtime) -> None:
             # Not a step failure: Celery failed around a step that completed or never ran
             # (a chord whose counter was lost, a publish that failed...). Compensating would
             # undo a healthy saga; the sweeper resumes it instead.
-            log.warning("saga %s: errback for step %s ignored (step is not failed)", saga_id, step)
+            log.info("saga %s: errback for step %s ignored (step is not failed)", saga_id, step)
             return
         if step in definition.after_pivot():
             # Past the point of no return the step task itself failed the saga (fail_forward);

@@ -23,6 +23,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -107,6 +108,7 @@ class SagaStore:
         # own connections, or siblings share one socket and read each other's results.
         os.register_at_fork(after_in_child=partial(_forget_connections, weakref.ref(self.engine)))
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         if create_tables:
             self.create_tables()
 
@@ -130,6 +132,18 @@ class SagaStore:
     def _begin(self) -> Iterator[Connection]:
         try:
             with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreUnavailableError(
+                f"saga store {self.safe_url} is unavailable: {_first_line(exc.orig or exc)}"
+            ) from exc
+
+    @contextmanager
+    def _single_statement(self) -> Iterator[Connection]:
+        """PostgreSQL hot path: one statement is one transaction (autocommit), so a claim or a
+        completion is a single round trip, without BEGIN and COMMIT round trips around it."""
+        try:
+            with self._autocommit.connect() as conn:
                 yield conn
         except OperationalError as exc:
             raise StoreUnavailableError(
@@ -222,76 +236,37 @@ class SagaStore:
         active. Returns what the step runs with: the saga input and headers, the results of
         its dependencies, and the data its ancestors wrote."""
         now = time.time()
+        claim = (
+            update(saga_step)
+            .where(
+                _step_key(saga_id, step),
+                saga_step.c.status.in_((StepStatus.PENDING, StepStatus.RUNNING)),
+                exists().where(
+                    saga.c.id == saga_id,
+                    saga.c.status.in_(ACTIVE),
+                    or_(saga.c.deadline_at.is_(None), saga.c.deadline_at > now),
+                ),
+            )
+            .values(
+                status=StepStatus.RUNNING,
+                attempts=saga_step.c.attempts + 1,
+                started_at=func.coalesce(saga_step.c.started_at, now),
+            )
+            .returning(saga_step.c.attempts)
+        )
+        if not self.is_sqlite:
+            # The claim and the reads in one statement: a data-modifying CTE.
+            claimed = claim.cte("claimed")
+            with self._single_statement() as conn:
+                rows = conn.execute(_inputs_query(saga_id, deps, ancestors, claimed)).all()
+            if rows:
+                return _run_claim(rows, deps, rows[0].attempts)
         with self._begin() as conn:
-            attempts = conn.execute(
-                update(saga_step)
-                .where(
-                    _step_key(saga_id, step),
-                    saga_step.c.status.in_((StepStatus.PENDING, StepStatus.RUNNING)),
-                    exists().where(
-                        saga.c.id == saga_id,
-                        saga.c.status.in_(ACTIVE),
-                        or_(saga.c.deadline_at.is_(None), saga.c.deadline_at > now),
-                    ),
-                )
-                .values(
-                    status=StepStatus.RUNNING,
-                    attempts=saga_step.c.attempts + 1,
-                    started_at=func.coalesce(saga_step.c.started_at, now),
-                )
-                .returning(saga_step.c.attempts)
-            ).scalar()
+            attempts = conn.execute(claim).scalar() if self.is_sqlite else None
             if attempts is None:
                 return self._refused_step_claim(conn, saga_id, step, now, outcome_unknown)
-            return self._run_claim(conn, saga_id, attempts, deps, ancestors)
-
-    def _run_claim(
-        self,
-        conn: Connection,
-        saga_id: str,
-        attempts: int,
-        deps: Sequence[str],
-        ancestors: Sequence[str],
-        result: Any = None,
-    ) -> StepClaim:
-        # One round trip: the saga row, joined with the rows of the steps it needs.
-        wanted = {*deps, *ancestors}
-        rows = conn.execute(
-            select(
-                saga.c.input,
-                saga.c.headers,
-                saga_step.c.name,
-                saga_step.c.status,
-                saga_step.c.result,
-                saga_step.c.data,
-            )
-            .select_from(
-                saga.outerjoin(
-                    saga_step,
-                    and_(saga_step.c.saga_id == saga.c.id, saga_step.c.name.in_(wanted)),
-                )
-            )
-            .where(saga.c.id == saga_id)
-            .order_by(saga_step.c.position)
-        ).all()
-        head = rows[0]
-        results: dict[str, Any] = {}
-        data: dict[str, Any] = {}
-        for row in rows:
-            if row.name is None or row.status == StepStatus.SKIPPED:
-                continue
-            if row.name in deps:
-                results[row.name] = row.result
-            data.update(row.data or {})
-        return StepClaim(
-            Claim.RUN,
-            attempts=attempts,
-            input=head.input,
-            headers=head.headers or {},
-            results=results,
-            data=data,
-            result=result,
-        )
+            rows = conn.execute(_inputs_query(saga_id, deps, ancestors)).all()
+            return _run_claim(rows, deps, attempts)
 
     def _refused_step_claim(
         self, conn: Connection, saga_id: str, step: str, now: float, outcome_unknown: bool
@@ -360,15 +335,50 @@ class SagaStore:
         marked COMPLETED in the same transaction. Returns (step done, saga done); the step is
         not done when its row was no longer RUNNING (the saga gave up on it)."""
         now = time.time()
+        complete = (
+            update(saga_step)
+            .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.RUNNING)
+            .values(status=status, result=result, data=data, finished_at=now)
+        )
+        if not self.is_sqlite:
+            return self._complete_in_one_statement(complete, saga_id, step, finish, now)
         with self._begin() as conn:
-            done = conn.execute(
-                update(saga_step)
-                .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.RUNNING)
-                .values(status=status, result=result, data=data, finished_at=now)
-            )
-            if done.rowcount != 1:
+            if conn.execute(complete).rowcount != 1:
                 return False, False
             return True, finish and self._finish_saga(conn, saga_id, now)
+
+    def _complete_in_one_statement(
+        self, complete: Any, saga_id: str, step: str, finish: bool, now: float
+    ) -> tuple[bool, bool]:
+        """PostgreSQL: the step's completion and, for the last step, the saga's, as one
+        statement. The CTEs share one snapshot, so "every other step is done" leaves out the
+        step being completed here."""
+        done = complete.returning(saga_step.c.saga_id).cte("done")
+        step_done = select(func.count()).select_from(done).scalar_subquery()
+        if not finish:
+            query = select(step_done, literal(0))
+        else:
+            others_unfinished = exists().where(
+                saga_step.c.saga_id == saga_id,
+                saga_step.c.name != step,
+                saga_step.c.status.not_in((StepStatus.COMPLETED, StepStatus.SKIPPED)),
+            )
+            finished = (
+                update(saga)
+                .where(
+                    saga.c.id == saga_id,
+                    saga.c.status.in_(ACTIVE),
+                    exists(select(literal(1)).select_from(done)),
+                    ~others_unfinished,
+                )
+                .values(status=SagaStatus.COMPLETED, updated_at=now, finished_at=now)
+                .returning(saga.c.id)
+                .cte("finished")
+            )
+            query = select(step_done, select(func.count()).select_from(finished).scalar_subquery())
+        with self._single_statement() as conn:
+            step_count, saga_count = conn.execute(query).one()
+        return step_count == 1, saga_count == 1
 
     def fail_step(self, saga_id: str, step: str, error: str) -> bool:
         return self._update_step(
@@ -574,9 +584,8 @@ class SagaStore:
             if row is None:
                 return self._refused_compensation_claim(conn, saga_id, step)
             # The compensation sees its ancestors' data and what its own step wrote.
-            return self._run_claim(
-                conn, saga_id, row.compensation_attempts, deps, [*ancestors, step], row.result
-            )
+            rows = conn.execute(_inputs_query(saga_id, deps, [*ancestors, step])).all()
+            return _run_claim(rows, deps, row.compensation_attempts, row.result)
 
     def _refused_compensation_claim(self, conn: Connection, saga_id: str, step: str) -> StepClaim:
         row = conn.execute(
@@ -757,6 +766,58 @@ class SagaStore:
                 .values(**values)
             )
         return done.rowcount == 1
+
+
+def _inputs_query(
+    saga_id: str, deps: Sequence[str], ancestors: Sequence[str], claimed: Any = None
+) -> Any:
+    """What a step runs with, in one SELECT: the saga row, joined with the rows of the steps
+    it needs (and, on PostgreSQL, with the claim itself)."""
+    wanted = {*deps, *ancestors}
+    head: Any = saga
+    columns: list[Any] = [saga.c.input, saga.c.headers]
+    if claimed is not None:
+        head = claimed.join(saga, saga.c.id == saga_id)
+        columns.append(claimed.c.attempts)
+    return (
+        select(
+            *columns,
+            saga_step.c.name,
+            saga_step.c.status,
+            saga_step.c.result,
+            saga_step.c.data,
+        )
+        .select_from(
+            head.outerjoin(
+                saga_step,
+                and_(saga_step.c.saga_id == saga.c.id, saga_step.c.name.in_(wanted)),
+            )
+        )
+        .where(saga.c.id == saga_id)
+        .order_by(saga_step.c.position)
+    )
+
+
+def _run_claim(
+    rows: Sequence[Any], deps: Sequence[str], attempts: int, result: Any = None
+) -> StepClaim:
+    results: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    for row in rows:
+        if row.name is None or row.status == StepStatus.SKIPPED:
+            continue
+        if row.name in deps:
+            results[row.name] = row.result
+        data.update(row.data or {})
+    return StepClaim(
+        Claim.RUN,
+        attempts=attempts,
+        input=rows[0].input,
+        headers=rows[0].headers or {},
+        results=results,
+        data=data,
+        result=result,
+    )
 
 
 def _step_key(saga_id: str, step: str) -> Any:
