@@ -205,16 +205,24 @@ def _undo_late_step(rt: Runtime, saga: Saga, step: Step, ctx: StepContext, resul
         ctx.saga_id, step.name, result
     ):
         return
+
+    def emit(type: EventType, **details: Any) -> None:
+        rt.emit(type, ctx.saga_id, saga.name, step=step.name, **details)
+
+    emit(EventType.COMPENSATION_STARTED)
     for attempt in range(saga.compensation_retry + 1):
         try:
             call_user(step.compensation, (ctx, result), step.timeout)
         except Exception as exc:
             if attempt == saga.compensation_retry:
                 rt.store.fail_compensation(ctx.saga_id, step.name, describe(exc))
+                emit(EventType.COMPENSATION_FAILED, error=describe(exc))
                 return
+            emit(EventType.COMPENSATION_RETRYING, error=describe(exc))
             time.sleep(backoff_delay(saga.compensation_backoff, attempt))
         else:
             rt.store.complete_compensation(ctx.saga_id, step.name)
+            emit(EventType.COMPENSATION_COMPLETED)
             return
 
 
@@ -260,6 +268,7 @@ def _install_compensation_task(rt: Runtime, saga: Saga, step: Step) -> None:
             retries = claim.attempts - 1
             error = describe(exc)
             if retries < saga.compensation_retry:
+                emit(EventType.COMPENSATION_RETRYING, error=error)
                 delay = backoff_delay(saga.compensation_backoff, retries)
                 raise task.retry(exc=exc, countdown=delay) from exc
             store.fail_compensation(saga_id, step.name, error)
