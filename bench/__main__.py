@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         help="before each measurement, wait up to this many seconds for other jobs on the "
-        "machine to go quiet (default 20, --quick 5; 0 disables)",
+        "machine to go quiet (default 10, --quick 5; 0 disables)",
     )
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     return p.parse_args(argv)
@@ -96,8 +98,14 @@ def _service_urls(backends: list[Backend]) -> list[str]:
     return sorted(needed)
 
 
-def _preflight(backends: list[Backend]) -> None:
-    down = [u.split("@")[-1] for u in _service_urls(backends) if not _reachable(u)]
+def _preflight(backends: list[Backend], wait: float = 60.0) -> None:
+    """Every service answers (other jobs restart Redis/RabbitMQ now and then: wait a little)."""
+    deadline = time.monotonic() + wait
+    while True:
+        down = [u.split("@")[-1] for u in _service_urls(backends) if not _reachable(u)]
+        if not down or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     if down:
         raise SystemExit(f"services not answering: {', '.join(down)}")
 
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log_dir = Path(tempfile.mkdtemp(prefix=f"sagaq-bench-{stamp}-"))
     results = Results(meta=_meta(args, repeats, counts, primary))
-    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (5.0 if args.quick else 20.0)
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (5.0 if args.quick else 10.0)
     options = Options(counts, repeats, only, args.events, log_dir, quiet_wait)
     results.meta["quiet_wait_s"] = quiet_wait
     watch = ServiceWatch(_service_urls(backends)).start()
@@ -164,18 +172,26 @@ def main(argv: list[str] | None = None) -> int:
     needs_pg = any(not b.in_process for b in backends)
     if needs_pg:
         create_bench_db()
+    phases: list[tuple[str, Callable[[], None]]] = []
+    for backend in backends:
+        with_length = "length" in only and backend is primary
+        if only & {"W1", "W2", "W3"} or with_length:
+            phases.append((backend.name, partial(runner.run_backend, backend, with_length)))
+    if "workers" in only:
+        phases.append(("workers", partial(runner.run_workers, primary)))
+    if "bigtable" in only:
+        if primary.in_process:
+            results.errors.append("bigtable needs PostgreSQL (redis or rabbitmq backend)")
+        else:
+            phases.append(("bigtable", partial(runner.run_bigtable, primary)))
     try:
-        for backend in backends:
-            with_length = "length" in only and backend is primary
-            if only & {"W1", "W2", "W3"} or with_length:
-                runner.run_backend(backend, with_length)
-        if "workers" in only:
-            runner.run_workers(primary)
-        if "bigtable" in only:
-            if primary.in_process:
-                results.errors.append("bigtable needs PostgreSQL (redis or rabbitmq backend)")
-            else:
-                runner.run_bigtable(primary)
+        for name, run_phase in phases:
+            try:
+                run_phase()
+            except Exception as exc:  # one broken phase does not lose the others' results
+                results.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                progress.log(f"[red]{name} failed: {type(exc).__name__}: {exc}")
+                progress.print_exception(max_frames=8)
     except KeyboardInterrupt:
         results.errors.append("interrupted")
         progress.log("[red]interrupted: reporting what was measured")
@@ -195,4 +211,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: Celery's AsyncResult.__del__ would try to unsubscribe from a
+    # Redis that the closed app no longer talks to, and print noise. Everything is written.
+    os._exit(code)

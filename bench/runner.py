@@ -120,20 +120,23 @@ class Runner:
         self.results.errors.append(f"{what}: services kept restarting, no result")
         return None
 
-    def recover(self, bench: Bench | None) -> None:
+    def recover(self, bench: Bench | None, settle: float = 3.0) -> None:
         """After a restart or a timeout: services up, worker reconnected, nothing left over."""
         if not self.watch.wait_up():
             raise RuntimeError(f"services did not come back: {self.watch.describe()}")
         if bench is None or self.backend is None or self.backend.in_process:
             return
-        time.sleep(3.0)  # the worker reconnects on its own
-        for _ in range(10):
+        time.sleep(settle)  # the worker reconnects on its own
+        for _ in range(30):
             try:
-                purge(bench.app)
+                purged = purge(bench.app)
                 bench.sink.reset()
+                if purged:
+                    self.log(f"purged {purged} stale messages from {QUEUE}")
                 return
-            except (BrokerError, RedisError):
+            except (BrokerError, RedisError, OSError):
                 time.sleep(1.0)
+                self.watch.wait_up()
 
     def worker_label(self, backend: Backend, concurrency: int = 2) -> str:
         events = "events on (-E)" if self.o.events else "events off"
@@ -232,6 +235,7 @@ class Runner:
                 handler.close()
                 self._close(bench)
             return
+        self.watch.wait_up()
         bench = build(
             backend.broker_url,
             backend.result_backend,
@@ -240,10 +244,8 @@ class Runner:
             embedded=False,
             sink=RedisDone(REDIS_URL),
         )
-        purged = purge(bench.app)
-        if purged:
-            self.log(f"purged {purged} stale messages from {QUEUE}")
-        bench.sink.reset()
+        self.backend = backend
+        self.recover(bench, settle=0.0)  # purge what an interrupted run left behind
         log_path = self.o.log_dir / f"worker-{backend.name}-c{concurrency}-{time.time():.0f}.log"
         try:
             with worker(

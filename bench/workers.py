@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import RedisError
 from sqlalchemy import create_engine, text
 
 from bench.config import BENCH_DB, PG_ADMIN_URL, QUEUE, REDIS_URL, REPO, Backend
@@ -99,8 +100,8 @@ class WorkerProcess:
                 pong = app.control.ping(destination=[self.name], timeout=0.5)
                 if pong and len(self.children()) >= self.concurrency:
                     return
-            except BrokerError:
-                pass
+            except (BrokerError, RedisError, OSError):
+                pass  # the broker is restarting (other jobs do that): ask again
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready after {timeout:g}s: {self.tail()}")
 
