@@ -23,8 +23,6 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    literal,
-    or_,
     select,
     update,
 )
@@ -34,10 +32,11 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from sagaq.errors import StoreUnavailableError
 from sagaq.status import SagaStatus, StepStatus
+from sagaq.store import statements as sql
 from sagaq.store.schema import metadata, saga, saga_step
 
 # A saga is "active" until compensation starts; PENDING means its canvas may not be published yet.
-ACTIVE = (SagaStatus.PENDING, SagaStatus.RUNNING)
+ACTIVE = sql.ACTIVE
 LOST_STEP_ERROR = "the step's task failed without reporting why (worker lost or hard time limit)"
 
 
@@ -236,36 +235,17 @@ class SagaStore:
         active. Returns what the step runs with: the saga input and headers, the results of
         its dependencies, and the data its ancestors wrote."""
         now = time.time()
-        claim = (
-            update(saga_step)
-            .where(
-                _step_key(saga_id, step),
-                saga_step.c.status.in_((StepStatus.PENDING, StepStatus.RUNNING)),
-                exists().where(
-                    saga.c.id == saga_id,
-                    saga.c.status.in_(ACTIVE),
-                    or_(saga.c.deadline_at.is_(None), saga.c.deadline_at > now),
-                ),
-            )
-            .values(
-                status=StepStatus.RUNNING,
-                attempts=saga_step.c.attempts + 1,
-                started_at=func.coalesce(saga_step.c.started_at, now),
-            )
-            .returning(saga_step.c.attempts)
-        )
+        params = {"sid": saga_id, "step": step, "now": now, "wanted": list({*deps, *ancestors})}
         if not self.is_sqlite:
-            # The claim and the reads in one statement: a data-modifying CTE.
-            claimed = claim.cte("claimed")
             with self._single_statement() as conn:
-                rows = conn.execute(_inputs_query(saga_id, deps, ancestors, claimed)).all()
+                rows = conn.execute(sql.CLAIM_WITH_INPUTS, params).all()
             if rows:
                 return _run_claim(rows, deps, rows[0].attempts)
         with self._begin() as conn:
-            attempts = conn.execute(claim).scalar() if self.is_sqlite else None
+            attempts = conn.execute(sql.CLAIM, params).scalar() if self.is_sqlite else None
             if attempts is None:
                 return self._refused_step_claim(conn, saga_id, step, now, outcome_unknown)
-            rows = conn.execute(_inputs_query(saga_id, deps, ancestors)).all()
+            rows = conn.execute(sql.INPUTS, params).all()
             return _run_claim(rows, deps, attempts)
 
     def _refused_step_claim(
@@ -334,51 +314,23 @@ class SagaStore:
         """RUNNING->COMPLETED (or SKIPPED). With `finish` (the saga's last step) the saga is
         marked COMPLETED in the same transaction. Returns (step done, saga done); the step is
         not done when its row was no longer RUNNING (the saga gave up on it)."""
-        now = time.time()
-        complete = (
-            update(saga_step)
-            .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.RUNNING)
-            .values(status=status, result=result, data=data, finished_at=now)
-        )
+        params = {
+            "sid": saga_id,
+            "step": step,
+            "now": time.time(),
+            "new_status": status,
+            "new_result": result,
+            "new_data": data,
+        }
         if not self.is_sqlite:
-            return self._complete_in_one_statement(complete, saga_id, step, finish, now)
+            query = sql.COMPLETE_AND_FINISH if finish else sql.COMPLETE_ONLY
+            with self._single_statement() as conn:
+                step_count, saga_count = conn.execute(query, params).one()
+            return step_count == 1, saga_count == 1
         with self._begin() as conn:
-            if conn.execute(complete).rowcount != 1:
+            if conn.execute(sql.COMPLETE, params).rowcount != 1:
                 return False, False
-            return True, finish and self._finish_saga(conn, saga_id, now)
-
-    def _complete_in_one_statement(
-        self, complete: Any, saga_id: str, step: str, finish: bool, now: float
-    ) -> tuple[bool, bool]:
-        """PostgreSQL: the step's completion and, for the last step, the saga's, as one
-        statement. The CTEs share one snapshot, so "every other step is done" leaves out the
-        step being completed here."""
-        done = complete.returning(saga_step.c.saga_id).cte("done")
-        step_done = select(func.count()).select_from(done).scalar_subquery()
-        if not finish:
-            query = select(step_done, literal(0))
-        else:
-            others_unfinished = exists().where(
-                saga_step.c.saga_id == saga_id,
-                saga_step.c.name != step,
-                saga_step.c.status.not_in((StepStatus.COMPLETED, StepStatus.SKIPPED)),
-            )
-            finished = (
-                update(saga)
-                .where(
-                    saga.c.id == saga_id,
-                    saga.c.status.in_(ACTIVE),
-                    exists(select(literal(1)).select_from(done)),
-                    ~others_unfinished,
-                )
-                .values(status=SagaStatus.COMPLETED, updated_at=now, finished_at=now)
-                .returning(saga.c.id)
-                .cte("finished")
-            )
-            query = select(step_done, select(func.count()).select_from(finished).scalar_subquery())
-        with self._single_statement() as conn:
-            step_count, saga_count = conn.execute(query).one()
-        return step_count == 1, saga_count == 1
+            return True, finish and conn.execute(sql.FINISH, params).rowcount == 1
 
     def fail_step(self, saga_id: str, step: str, error: str) -> bool:
         return self._update_step(
@@ -584,7 +536,8 @@ class SagaStore:
             if row is None:
                 return self._refused_compensation_claim(conn, saga_id, step)
             # The compensation sees its ancestors' data and what its own step wrote.
-            rows = conn.execute(_inputs_query(saga_id, deps, [*ancestors, step])).all()
+            wanted = list({*deps, *ancestors, step})
+            rows = conn.execute(sql.INPUTS, {"sid": saga_id, "wanted": wanted}).all()
             return _run_claim(rows, deps, row.compensation_attempts, row.result)
 
     def _refused_compensation_claim(self, conn: Connection, saga_id: str, step: str) -> StepClaim:
@@ -766,36 +719,6 @@ class SagaStore:
                 .values(**values)
             )
         return done.rowcount == 1
-
-
-def _inputs_query(
-    saga_id: str, deps: Sequence[str], ancestors: Sequence[str], claimed: Any = None
-) -> Any:
-    """What a step runs with, in one SELECT: the saga row, joined with the rows of the steps
-    it needs (and, on PostgreSQL, with the claim itself)."""
-    wanted = {*deps, *ancestors}
-    head: Any = saga
-    columns: list[Any] = [saga.c.input, saga.c.headers]
-    if claimed is not None:
-        head = claimed.join(saga, saga.c.id == saga_id)
-        columns.append(claimed.c.attempts)
-    return (
-        select(
-            *columns,
-            saga_step.c.name,
-            saga_step.c.status,
-            saga_step.c.result,
-            saga_step.c.data,
-        )
-        .select_from(
-            head.outerjoin(
-                saga_step,
-                and_(saga_step.c.saga_id == saga.c.id, saga_step.c.name.in_(wanted)),
-            )
-        )
-        .where(saga.c.id == saga_id)
-        .order_by(saga_step.c.position)
-    )
 
 
 def _run_claim(
