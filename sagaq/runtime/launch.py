@@ -15,7 +15,7 @@ from sagaq.errors import BrokerUnavailableError
 from sagaq.observability.events import EventType
 from sagaq.runtime.base import Runtime, publish
 from sagaq.status import SagaStatus
-from sagaq.store.store import ACTIVE
+from sagaq.store.base import ACTIVE
 
 log = logging.getLogger("sagaq")
 

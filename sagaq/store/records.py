@@ -1,0 +1,123 @@
+"""What the store hands out: records of sagas and steps, and claims (may a task go ahead?)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from sagaq.status import SagaStatus, StepStatus
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    status: StepStatus
+    attempts: int
+    result: Any
+    error: str | None
+    started_at: float | None
+    finished_at: float | None
+    compensation_attempts: int
+    compensation_error: str | None
+    compensation_started_at: float | None
+    compensated_at: float | None
+
+
+@dataclass(frozen=True)
+class SagaRecord:
+    id: str
+    name: str
+    status: SagaStatus
+    input: dict[str, Any]
+    idempotency_key: str | None
+    failed_step: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    deadline_at: float | None
+    headers: dict[str, str]
+    parent_id: str | None
+    steps: tuple[StepRecord, ...]
+
+    def step(self, name: str) -> StepRecord:
+        return next(s for s in self.steps if s.name == name)
+
+
+class Claim(Enum):
+    RUN = "run"  # go ahead
+    DONE = "done"  # already done earlier: do not run again
+    WAIT = "wait"  # (compensation) the step is still running: try again shortly
+    SKIP = "skip"  # nothing to do (saga moved on, step skipped or never ran)
+    HALT = "halt"  # (compensation) the saga FAILED: stop here
+    EXPIRED = "expired"  # the saga is past its deadline: compensate instead
+
+
+@dataclass(frozen=True)
+class StepClaim:
+    outcome: Claim
+    attempts: int = 0
+    input: dict[str, Any] | None = None
+    results: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
+    result: Any = None  # the step's stored result (DONE, and compensation RUN)
+    started_at: float | None = None
+
+
+def run_claim(
+    rows: Sequence[Any], deps: Sequence[str], attempts: int, result: Any = None
+) -> StepClaim:
+    results: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    for row in rows:
+        if row.name is None or row.status == StepStatus.SKIPPED:
+            continue
+        if row.name in deps:
+            results[row.name] = row.result
+        data.update(row.data or {})
+    return StepClaim(
+        Claim.RUN,
+        attempts=attempts,
+        input=rows[0].input,
+        headers=rows[0].headers or {},
+        results=results,
+        data=data,
+        result=result,
+    )
+
+
+def saga_record(head: Any, steps: Sequence[Any]) -> SagaRecord:
+    return SagaRecord(
+        id=head.id,
+        name=head.name,
+        status=SagaStatus(head.status),
+        input=head.input,
+        idempotency_key=head.idempotency_key,
+        failed_step=head.failed_step,
+        error=head.error,
+        created_at=head.created_at,
+        updated_at=head.updated_at,
+        finished_at=head.finished_at,
+        deadline_at=head.deadline_at,
+        headers=head.headers or {},
+        parent_id=head.parent_id,
+        steps=tuple(
+            StepRecord(
+                name=s.name,
+                status=StepStatus(s.status),
+                attempts=s.attempts,
+                result=s.result,
+                error=s.error,
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+                compensation_attempts=s.compensation_attempts,
+                compensation_error=s.compensation_error,
+                compensation_started_at=s.compensation_started_at,
+                compensated_at=s.compensated_at,
+            )
+            for s in steps
+        ),
+    )
