@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -107,8 +106,6 @@ def _step_result(s: StepRecord) -> StepResult:
         compensation_error=s.compensation_error,
     )
 
-
-log = logging.getLogger("sagaq")
 
 # Inputs travel in SQL rows and are read by every step: keep them small (put blobs elsewhere).
 MAX_INPUT_BYTES = 256 * 1024
