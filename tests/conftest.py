@@ -5,7 +5,9 @@ import pytest
 from tests.harness import BACKENDS, Harness, harness
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
+# Module scope: only one in-process Celery worker can run in a process at a time, and some
+# modules start workers of their own; a worker from `h` must be gone before they do.
+@pytest.fixture(scope="module", params=BACKENDS)
 def h(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Harness]:
