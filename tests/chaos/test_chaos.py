@@ -196,6 +196,8 @@ class Verdict:
         sid, status = record.id, record.status
         self.figures[status.value.lower()] += 1
         attempts = {s.name: s.attempts for s in record.steps}
+        self.figures["step_attempts"] += sum(attempts.values())
+        self.figures["steps_run"] += sum(1 for n in attempts.values() if n)
         for name, n in attempts.items():
             # Attempts beyond the first that no injected failure explains: redeliveries.
             self.figures["redelivered_attempts"] += max(0, n - 1 - (f"{sid}:{name}" in flakes))
@@ -302,7 +304,9 @@ def _figures(
         "worker_crashes": len(chaos.pool.crashes),
         "broker_restarts": c["broker_restarts"],
         "starts_refused": c["starts_refused"],
-        "redelivered_attempts": v["redelivered_attempts"],
+        "step_attempts": v["step_attempts"],
+        "steps_run": v["steps_run"],
+        "redelivered_attempts": v["redelivered_attempts"],  # attempts no injected failure explains
         "compensation_attempts": v["compensation_attempts"],
         "duplicates_absorbed": ledger.events("duplicate"),
         "late_effects_refused": ledger.events("tombstoned"),
