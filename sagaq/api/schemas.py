@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sagaq.client import SagaResult, StepResult
 from sagaq.status import SagaStatus, StepStatus
@@ -54,6 +54,8 @@ class StepOut(BaseModel):
 
 
 class SagaSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     saga: str
     status: SagaStatus
@@ -70,30 +72,17 @@ class SagaOut(SagaSummary):
 
     @classmethod
     def of(cls, result: SagaResult) -> SagaOut:
+        steps = [StepOut.of(s) for s in result.steps]
         return cls(
-            id=result.id,
-            saga=result.saga,
-            status=result.status,
-            failed_step=result.failed_step,
-            error=result.error,
-            duration_ms=result.duration_ms,
-            created_at=result.created_at,
+            **summary(result).model_dump(),
             input=result.input,
-            steps=[StepOut.of(s) for s in result.steps],
+            steps=steps,
             compensated_steps=list(result.compensated_steps),
         )
 
 
 def summary(result: SagaResult) -> SagaSummary:
-    return SagaSummary(
-        id=result.id,
-        saga=result.saga,
-        status=result.status,
-        failed_step=result.failed_step,
-        error=result.error,
-        duration_ms=result.duration_ms,
-        created_at=result.created_at,
-    )
+    return SagaSummary.model_validate(result, from_attributes=True)
 
 
 class SagaList(BaseModel):
