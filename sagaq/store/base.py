@@ -7,7 +7,7 @@ import os
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from typing import Any
 
@@ -83,10 +83,14 @@ class StoreBase:
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _one_write(self) -> AbstractContextManager[Connection]:
+        """For a single statement: autocommit on PostgreSQL (no BEGIN/COMMIT round trips)."""
+        return self._begin() if self.is_sqlite else self._single_statement()
+
     def _set_saga_status(
         self, saga_id: str, status: SagaStatus, allowed: Sequence[SagaStatus]
     ) -> bool:
-        with self._begin() as conn:
+        with self._one_write() as conn:
             done = conn.execute(
                 update(saga)
                 .where(saga.c.id == saga_id, saga.c.status.in_(allowed))
@@ -97,7 +101,7 @@ class StoreBase:
     def _update_step(
         self, saga_id: str, step: str, allowed: Sequence[StepStatus], **values: Any
     ) -> bool:
-        with self._begin() as conn:
+        with self._one_write() as conn:
             done = conn.execute(
                 update(saga_step)
                 .where(_step_key(saga_id, step), saga_step.c.status.in_(allowed))
