@@ -6,7 +6,6 @@ import argparse
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
+from bench import snapshot
 from bench.config import (
     AMQP_URL,
     BACKENDS,
@@ -33,6 +33,7 @@ from bench.config import (
 from bench.report import plot, print_tables, write_json
 from bench.results_model import Results
 from bench.runner import Options, Runner
+from bench.snapshot import reexec_on_snapshot
 from bench.watch import ServiceWatch
 from bench.workers import create_bench_db, drop_bench_db
 
@@ -61,6 +62,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="before each measurement, wait up to this many seconds for other jobs on the "
         "machine to go quiet (default 10, --quick 5; 0 disables)",
+    )
+    p.add_argument(
+        "--commit",
+        default="HEAD",
+        help="git revision of sagaq to measure, extracted so that edits made meanwhile do not "
+        "leak into the run (default HEAD); 'worktree' measures the working tree as it is",
     )
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     return p.parse_args(argv)
@@ -110,23 +117,10 @@ def _preflight(backends: list[Backend], wait: float = 60.0) -> None:
         raise SystemExit(f"services not answering: {', '.join(down)}")
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "sagaq"], cwd=REPO, capture_output=True, text=True
-        )
-        return out.stdout.strip() + ("+dirty(sagaq/)" if dirty.stdout.strip() else "")
-    except OSError:
-        return "unknown"
-
-
 def _meta(args: argparse.Namespace, repeats: int, counts: Any, primary: Backend) -> dict[str, Any]:
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "git": _git_commit(),
+        "sagaq": snapshot.current(),
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -148,6 +142,7 @@ def _meta(args: argparse.Namespace, repeats: int, counts: Any, primary: Backend)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    reexec_on_snapshot(args.commit, "bench", sys.argv[1:] if argv is None else argv)
     counts = QUICK if args.quick else FULL
     repeats = args.repeat or counts.repeats
     only = set(_split(args.only, WORKLOADS, "workload"))
@@ -212,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
+    snapshot.cleanup()
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: Celery's AsyncResult.__del__ would try to unsubscribe from a

@@ -33,6 +33,13 @@ class Backend:
     label: str
     in_process: bool  # embedded: memory broker + worker threads inside the benchmark process
 
+    @property
+    def services(self) -> list[str]:
+        """URLs of the services a measurement on this backend depends on."""
+        if self.in_process:
+            return []
+        return sorted({self.broker_url, self.result_backend, REDIS_URL, PG_ADMIN_URL})
+
 
 BACKENDS: dict[str, Backend] = {
     "redis": Backend(

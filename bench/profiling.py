@@ -35,6 +35,7 @@ from typing import Any
 
 from rich.console import Console
 
+from bench import snapshot
 from bench.apps import Bench, Shape, raw_line, tasks_per_saga
 from bench.config import BACKENDS, FULL, PG_ADMIN_URL, REDIS_URL, REPO, RESULTS
 from bench.cpu import proc_cpu
@@ -42,6 +43,7 @@ from bench.measure import throughput
 from bench.micro import run as micro_run
 from bench.results_model import Results
 from bench.runner import W1, W2, Options, Runner
+from bench.snapshot import reexec_on_snapshot
 from bench.watch import ServiceWatch
 from bench.worker_app import SQL_COUNTS
 from bench.workers import create_bench_db, drop_bench_db, fresh_schema
@@ -164,14 +166,38 @@ def analyse(children: list[Path], rate: int, sagas: float, tasks: int) -> dict[s
     }
 
 
+KNOWN = {"psycopg", "sqlalchemy", "sagaq", "bench", "redis", "pydantic", *CELERY_PKGS}
+
+
 def top_frames(children: list[Path], package: str, n: int = 12) -> list[tuple[str, int]]:
-    """Innermost frames of `package` where samples land (what to optimise there)."""
+    """Where the samples that are *attributed to* `package` land (its innermost frame, for the
+    samples whose innermost known-package frame is in `package`): what to optimise there."""
     counter: Counter[str] = Counter()
     for path in children:
         for frames, count in load(path):
+            if classify(frames) == IDLE:
+                continue
             for frame in reversed(frames):
                 func, fpath, line = _frame(frame)
-                if fpath.startswith(package):
+                top = fpath.split("/", 1)[0]
+                if top in KNOWN:
+                    if top == package:
+                        counter[f"{func} ({fpath}:{line})"] += count
+                    break
+    return counter.most_common(n)
+
+
+def inclusive_frames(children: list[Path], package: str, n: int = 12) -> list[tuple[str, int]]:
+    """Innermost frame of `package` in each busy sample, whatever was called below it (for
+    sagaq: which line of ours waits on what)."""
+    counter: Counter[str] = Counter()
+    for path in children:
+        for frames, count in load(path):
+            if classify(frames) == IDLE:
+                continue
+            for frame in reversed(frames):
+                func, fpath, line = _frame(frame)
+                if fpath.startswith(package + "/"):
                     counter[f"{func} ({fpath}:{line})"] += count
                     break
     return counter.most_common(n)
@@ -212,24 +238,30 @@ class Profiler:
                     continue
                 time.sleep(0.5)
                 raw = client.hgetall(SQL_COUNTS)
-                counts = {k.decode(): int(v) / n for k, v in raw.items()}
-                statements = sum(v for k, v in counts.items() if k not in ("BEGIN", "COMMIT"))
+                counts = {k.decode(): int(v) / n for k, v in sorted(raw.items())}
+                control = ("BEGIN", "COMMIT", "ROLLBACK")
+                statements = sum(v for k, v in counts.items() if k.split()[0] not in control)
                 out[name] = {
                     "per_saga": counts,
                     "statements": statements,
-                    # psycopg sends BEGIN as its own round trip, then each statement, then COMMIT
-                    "round_trips": statements + counts.get("BEGIN", 0) + counts.get("COMMIT", 0),
+                    # psycopg sends BEGIN as its own round trip, then each statement, then
+                    # COMMIT; on autocommit connections only the statements travel.
+                    "round_trips": statements + sum(counts.get(k, 0) for k in control),
                 }
                 self.log(f"SQL per {name} saga: {out[name]}")
         # the client side of start(): create_saga + mark_published
         return out
 
     def spy(self, system: str) -> dict[str, Any]:
-        """Profile `system`; a profile during which a service restarted is taken again."""
+        """Two profiles of `system`: wall time (--idle: waits included) and on-CPU only."""
+        return {"wall": self._spy_retrying(system, True), "cpu": self._spy_retrying(system, False)}
+
+    def _spy_retrying(self, system: str, idle: bool) -> dict[str, Any]:
+        """A profile during which a service restarted is taken again."""
         for tries in range(1, 4):
             generation = self.watch.generation
             try:
-                result = self._spy(system)
+                result = self._spy(system, idle)
             except Exception as exc:
                 if self.watch.generation == generation:
                     raise
@@ -241,7 +273,7 @@ class Profiler:
             time.sleep(3.0)
         return {"error": "services kept restarting"}
 
-    def _spy(self, system: str) -> dict[str, Any]:
+    def _spy(self, system: str, idle: bool) -> dict[str, Any]:
         """py-spy on the worker's processes for exactly the processing of a fixed backlog.
 
         (Not a fixed window: with a deep FIFO queue every chain's next task waits behind the
@@ -264,10 +296,10 @@ class Profiler:
                         str(self.args.rate),
                         "--format",
                         "raw",
-                        "--idle",
+                        *(["--idle"] if idle else []),
                         "--nonblocking",
                         "-o",
-                        str(self.out_dir / f"{system}-{name}.txt"),
+                        str(self.out_dir / f"{system}-{'wall' if idle else 'cpu'}-{name}.txt"),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -289,7 +321,8 @@ class Profiler:
                 for spy_proc in spies:
                     spy_proc.wait(60)
             tasks = tasks_per_saga(bench.app)["W1"][0 if system == "sagaq" else 1]
-        children = [self.out_dir / f"{system}-{k}.txt" for k in pids if k != "main"]
+        kind = "wall" if idle else "cpu"
+        children = [self.out_dir / f"{system}-{kind}-{k}.txt" for k in pids if k != "main"]
         result = analyse(children, self.args.rate, n, tasks)
         result.update(
             {
@@ -299,11 +332,13 @@ class Profiler:
                 "sagas_per_s": round(n / seconds, 1),
                 "tasks_per_saga": tasks,
                 "cpu_ms_per_saga": {k: round(v * 1000 / n, 3) for k, v in cpu.items()},
-                "raw_stacks": [str(self.out_dir / f"{system}-{k}.txt") for k in pids],
+                "samples_are": "wall time (--idle)" if idle else "on-CPU time",
+                "raw_stacks": [str(self.out_dir / f"{system}-{kind}-{k}.txt") for k in pids],
             }
         )
         for package in ("sqlalchemy", "sagaq", "psycopg", "celery", "kombu", "redis"):
             result[f"top_{package}"] = top_frames(children, package)
+        result["inclusive_sagaq"] = inclusive_frames(children, "sagaq")
         return result
 
     def celery_knobs(self) -> dict[str, Any]:
@@ -352,14 +387,15 @@ class Profiler:
 
 def summary(report: dict[str, Any]) -> str:
     lines = []
-    for system in ("sagaq", "raw"):
-        spy = report.get("spy", {}).get(system)
-        if not spy:
+    for system, kind in (("sagaq", "wall"), ("sagaq", "cpu"), ("raw", "wall"), ("raw", "cpu")):
+        spy = report.get("spy", {}).get(system, {}).get(kind)
+        if not spy or "error" in spy:
             continue
         lines.append(
-            f"{system}: {spy['sagas_per_s']}/s while profiled, {spy['tasks_per_saga']} tasks "
-            f"per saga; pool processes busy {spy['busy_ms_per_saga']} ms per saga "
-            f"({spy['busy_ms_per_task']} ms per task); CPU ms per saga {spy['cpu_ms_per_saga']}"
+            f"{system} [{spy['samples_are']}]: {spy['sagas_per_s']}/s while profiled, "
+            f"{spy['tasks_per_saga']} tasks per saga; pool processes busy "
+            f"{spy['busy_ms_per_saga']} ms per saga ({spy['busy_ms_per_task']} ms per task); "
+            f"CPU ms per saga {spy['cpu_ms_per_saga']}"
         )
         for bucket, value in spy["ms_per_saga"].items():
             lines.append(f"    {value:8.2f} ms/saga  {bucket}")
@@ -376,11 +412,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip", default="", help="comma-separated phases to skip: sql,spy,micro,knobs"
     )
+    parser.add_argument(
+        "--commit", default="HEAD", help="git revision of sagaq to profile, or 'worktree'"
+    )
     args = parser.parse_args(argv)
+    reexec_on_snapshot(args.commit, "bench.profiling", sys.argv[1:] if argv is None else argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    report: dict[str, Any] = {"started": stamp, "sagas": args.sagas, "rate": args.rate}
+    report: dict[str, Any] = {
+        "started": stamp,
+        "sagaq": snapshot.current(),
+        "sagas": args.sagas,
+        "rate": args.rate,
+    }
     create_bench_db()
     profiler = Profiler(args, console)
     steps: list[tuple[str, Callable[[], Any]]] = [
@@ -406,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     console.log(
         f"wrote {RESULTS.relative_to(REPO)}/profile-latest.json; stacks in {profiler.out_dir}"
     )
+    snapshot.cleanup()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # skip interpreter teardown (Celery's AsyncResult.__del__ noise on exit)

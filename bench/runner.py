@@ -208,6 +208,7 @@ class Runner:
     ) -> Iterator[Bench]:
         """A client-side Bench plus a running worker for `backend`, warmed up."""
         self.backend = backend
+        self.watch.use(backend.services)
         if backend.in_process:
             from sagaq.embedded import in_process_worker
 
@@ -470,7 +471,10 @@ class Runner:
             title=f"W1 throughput vs worker processes — {backend.label}, one celery worker with "
             f"prefork c=1/2/4, {'events on' if self.o.events else 'events off'}",
         )
-        section.notes.append("The machine has 2 cores: c=4 cannot scale past c=2.")
+        section.notes.append(
+            f"The machine has {os.cpu_count()} cores; pool processes beyond that only help by "
+            "overlapping their waits on PostgreSQL and Redis."
+        )
         self.results.sections.append(section)
         self.background = []
         for concurrency in WORKER_COUNTS:

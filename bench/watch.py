@@ -18,17 +18,30 @@ class DisruptedError(RuntimeError):
     """A service went down during the measurement."""
 
 
+Target = tuple[str, int]
+
+
 class ServiceWatch:
-    """Probes each service's TCP port every `interval` seconds in a daemon thread; `generation`
-    grows by one every time a service stops answering."""
+    """Probes each service's TCP port every `interval` seconds in a daemon thread and counts,
+    per service, how often it stopped answering."""
 
     def __init__(self, urls: list[str], interval: float = 0.25) -> None:
         self.targets = sorted({_host_port(u) for u in urls})
         self.interval = interval
-        self.generation = 0
-        self.down: set[tuple[str, int]] = set()
+        self.outages: dict[Target, int] = dict.fromkeys(self.targets, 0)
+        self.down: set[Target] = set()
+        self.relevant: list[Target] = list(self.targets)  # what the current measurement uses
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-service-watch", daemon=True)
+
+    def use(self, urls: list[str]) -> None:
+        """Only these services matter from now on (the backend being measured)."""
+        self.relevant = [t for t in (_host_port(u) for u in urls) if t in self.outages]
+
+    @property
+    def generation(self) -> int:
+        """Outages so far among the relevant services."""
+        return sum(self.outages[t] for t in self.relevant)
 
     def start(self) -> ServiceWatch:
         if self.targets:
@@ -44,7 +57,7 @@ class ServiceWatch:
                 up = _answers(target)
                 if not up and target not in self.down:
                     self.down.add(target)
-                    self.generation += 1
+                    self.outages[target] += 1
                 elif up:
                     self.down.discard(target)
 
@@ -58,7 +71,7 @@ class ServiceWatch:
     def wait_up(self, timeout: float = 90.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(_answers(t) for t in self.targets):
+            if all(_answers(t) for t in self.relevant):
                 return True
             time.sleep(0.5)
         return False

@@ -11,6 +11,7 @@ BENCH_COUNT_SQL=1 counts SQL statements and transactions (profiling only).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import redis
 from celery.signals import worker_process_init
 from sqlalchemy import event
 
+import sagaq
 from bench.apps import RedisDone, build
 from sagaq import Settings
 
@@ -31,6 +33,7 @@ bench = build(
     sink=RedisDone(os.environ.get("BENCH_DONE_URL", "redis://127.0.0.1:6379/7")),
 )
 app = bench.app
+print(f"bench worker: sagaq imported from {sagaq.__file__}", file=sys.stderr, flush=True)
 
 SQL_COUNTS = "sagaq_bench:sql"
 
@@ -47,14 +50,18 @@ def _count_sql() -> None:
     engine = bench.engine.store.engine
 
     def counter(kind: str) -> Callable[..., None]:
-        def hit(*_: Any, **__: Any) -> None:
-            counts.hincrby(SQL_COUNTS, kind, 1)
+        def hit(conn: Any, *_: Any) -> None:
+            # On an AUTOCOMMIT connection BEGIN/COMMIT/ROLLBACK never reach the server.
+            auto = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+            counts.hincrby(SQL_COUNTS, kind + (" (autocommit: no round trip)" if auto else ""), 1)
 
         return hit
 
     @event.listens_for(engine, "before_cursor_execute")
     def _statement(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        counts.hincrby(SQL_COUNTS, statement.split(None, 1)[0].upper(), 1)
+        auto = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        word = statement.split(None, 1)[0].upper()
+        counts.hincrby(SQL_COUNTS, word + (" (autocommit)" if auto else ""), 1)
 
     event.listen(engine, "begin", counter("BEGIN"))
     event.listen(engine, "commit", counter("COMMIT"))

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import create_engine, text
 
 from bench.config import BENCH_DB, PG_ADMIN_URL, QUEUE, REDIS_URL, REPO, Backend
+from bench.snapshot import source_dir
 
 
 class WorkerProcess:
@@ -44,7 +45,8 @@ class WorkerProcess:
             SAGAQ_DEFAULT_QUEUE=QUEUE,
             BENCH_DONE_URL=REDIS_URL,
             BENCH_EVENTS="1" if events else "0",
-            PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
+            # After what is already there: a sagaq snapshot (bench/snapshot.py) comes first.
+            PYTHONPATH=os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(REPO)) if p),
         )
         env.update(extra_env or {})
         self.log_path = log_path
@@ -72,7 +74,7 @@ class WorkerProcess:
                 "--without-mingle",
                 "--without-heartbeat",
             ],
-            cwd=REPO,
+            cwd=source_dir(),  # celery -A puts it first on sys.path: where sagaq comes from
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
