@@ -127,10 +127,11 @@ def store_method(frames: list[str]) -> str | None:
 
 
 def load(path: Path) -> list[tuple[list[str], int]]:
+    """py-spy's raw (collapsed) format: `frame;frame;... count` per line."""
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
-        if stack:
+        if stack and count.isdigit():  # a line cut short while py-spy wrote is skipped
             out.append((stack.split(";"), int(count)))
     return out
 
@@ -320,6 +321,7 @@ class Profiler:
                     spy_proc.send_signal(signal.SIGINT)  # py-spy writes its output and exits
                 for spy_proc in spies:
                     spy_proc.wait(60)
+                time.sleep(0.5)
             tasks = tasks_per_saga(bench.app)["W1"][0 if system == "sagaq" else 1]
         kind = "wall" if idle else "cpu"
         children = [self.out_dir / f"{system}-{kind}-{k}.txt" for k in pids if k != "main"]
