@@ -35,11 +35,12 @@ class StoreBase:
     def __init__(self, url: str, *, create_tables: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._autocommit = self.engine if self.is_sqlite else make_engine(url, autocommit=True)
         # Celery's prefork pool forks after this process used the pool: a child must open its
         # own connections, or siblings share one socket and read each other's results.
-        os.register_at_fork(after_in_child=partial(forget_connections, weakref.ref(self.engine)))
-        self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        for engine in {self.engine, self._autocommit}:
+            os.register_at_fork(after_in_child=partial(forget_connections, weakref.ref(engine)))
         if create_tables:
             self.create_tables()
 
@@ -57,7 +58,8 @@ class StoreBase:
             metadata.create_all(conn, checkfirst=True)
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        for engine in {self.engine, self._autocommit}:
+            engine.dispose()
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:

@@ -23,12 +23,17 @@ def forget_connections(engine: weakref.ref[Engine]) -> None:
         alive.dispose(close=False)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """`autocommit` (PostgreSQL): a separate pool whose connections stay in autocommit, for
+    single-statement writes; switching a pooled connection back and forth costs more."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_size=10, max_overflow=20, pool_recycle=1800)
+        options: dict[str, Any] = {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
+        if autocommit:
+            options |= {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
+        return create_engine(parsed, **options)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise StoreUnavailableError(
