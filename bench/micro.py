@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 
 from sagaq.store import SagaStore
 
@@ -37,11 +37,12 @@ class Capture:
     events: list[tuple[str, str, Any, bool, bool]] = field(default_factory=list)
     on: bool = False
 
-    def attach(self, store: SagaStore) -> None:
-        engine = store.engine
+    def attach(self) -> None:
+        """Listen on every engine (the store may keep a separate autocommit one)."""
+        engine = Engine
 
         def auto(conn: Any) -> bool:
-            return bool(conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
+            return bool(bool(getattr(conn.connection.dbapi_connection, "autocommit", False)))
 
         @event.listens_for(engine, "before_cursor_execute")
         def _stmt(
@@ -98,7 +99,7 @@ def _substitute(params: Any, old: str, new: str) -> Any:
 def run(store_url: str, sagas: int = 200) -> dict[str, Any]:
     store = SagaStore(store_url)
     capture = Capture()
-    capture.attach(store)
+    capture.attach()
     out: dict[str, Any] = {"sagas": sagas, "steps_per_saga": len(STEPS)}
 
     # Round trip floor.

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 from celery.signals import worker_process_init
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 
 import sagaq
 from bench.apps import RedisDone, build
@@ -47,19 +47,19 @@ def _fresh_connections(**_: Any) -> None:
 
 def _count_sql() -> None:
     counts = redis.Redis.from_url(os.environ.get("BENCH_DONE_URL", "redis://127.0.0.1:6379/7"))
-    engine = bench.engine.store.engine
+    engine = Engine  # every engine of the process: the store may keep more than one
 
     def counter(kind: str) -> Callable[..., None]:
         def hit(conn: Any, *_: Any) -> None:
             # On an AUTOCOMMIT connection BEGIN/COMMIT/ROLLBACK never reach the server.
-            auto = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+            auto = bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
             counts.hincrby(SQL_COUNTS, kind + (" (autocommit: no round trip)" if auto else ""), 1)
 
         return hit
 
     @event.listens_for(engine, "before_cursor_execute")
     def _statement(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        auto = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        auto = bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
         word = statement.split(None, 1)[0].upper()
         counts.hincrby(SQL_COUNTS, word + (" (autocommit)" if auto else ""), 1)
 
