@@ -200,8 +200,46 @@ def run(store_url: str, sagas: int = 200) -> dict[str, Any]:
         "per_step_ms": (statistics.fmean(claims) + statistics.fmean(completes)) * 1000,
     }
     out["client_start"] = _client_cost(store, sagas)
+    try:
+        out["compensation_path"] = _compensation_path(store, capture, sagas)
+    except Exception as exc:  # the store's API moves; report rather than fail
+        out["compensation_path"] = {"error": f"{type(exc).__name__}: {exc}"}
     store.dispose()
     return out
+
+
+def _compensation_path(store: SagaStore, capture: Capture, n: int) -> dict[str, Any]:
+    """W2 after step 4 failed: what the errback and the three compensation tasks ask of the
+    store (get, begin_compensation, then claim + complete for s3, s2, s1)."""
+    ready = []
+    for _ in range(n):
+        saga_id = str(uuid.uuid4())
+        store.create_saga(saga_id, "bench_line5", {"n": 1}, STEPS)
+        store.mark_published(saga_id)
+        prev: list[str] = []
+        for step in STEPS[:3]:
+            store.claim_step(saga_id, step, prev, prev)
+            store.complete_step(saga_id, step, None)
+            prev = [step]
+        store.claim_step(saga_id, "s4", prev, STEPS[:3])
+        store.fail_step(saga_id, "s4", "injected")
+        ready.append(saga_id)
+    capture.events.clear()
+    per_saga: list[float] = []
+    for saga_id in ready:
+        capture.on = saga_id == ready[-1]
+        t = time.perf_counter()
+        store.get(saga_id)
+        plan = store.begin_compensation(saga_id, failed_step="s4")
+        assert plan is not None
+        for i, step in enumerate(("s3", "s2", "s1")):
+            ancestors = STEPS[: 2 - i]
+            got = store.claim_compensation(saga_id, step, ancestors[-1:], ancestors)
+            assert got.outcome.value == "run", got
+            store.complete_compensation(saga_id, step, finish=step == "s1")
+        per_saga.append(time.perf_counter() - t)
+        capture.on = False
+    return {"per_saga": _ms(per_saga), "sql": capture.counts()}
 
 
 def _claim_args(saga_id: str, step: str, dep: str | None) -> dict[str, Any]:
