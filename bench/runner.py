@@ -44,7 +44,7 @@ from bench.measure import (
 )
 from bench.results_model import Results, Row, Section
 from bench.watch import DisruptedError, ServiceWatch
-from bench.workers import WorkerProcess, bench_db_url, fill, fresh_schema, purge, worker
+from bench.workers import WorkerProcess, bench_db_url, fill, fresh_schema, purge
 from sagaq.errors import BrokerUnavailableError
 from sagaq.store import SagaStore
 
@@ -75,6 +75,7 @@ class Runner:
         self.results = results
         self.console = console
         self.proc: WorkerProcess | None = None
+        self._start_worker: Callable[[], WorkerProcess] | None = None
         self.backend: Backend | None = None
         self.background: list[float] = []  # cores busy with other jobs, per measurement
         self._pg = create_engine(
@@ -103,8 +104,12 @@ class Runner:
             except Exception as exc:
                 in_process = self.backend is not None and self.backend.in_process
                 restarted = self.watch.generation != generation and not in_process
-                disrupted = restarted or isinstance(
-                    exc, DisruptedError | BrokerError | BrokerUnavailableError | RedisError
+                disrupted = (
+                    restarted
+                    or self.worker_died()
+                    or isinstance(
+                        exc, DisruptedError | BrokerError | BrokerUnavailableError | RedisError
+                    )
                 )
                 if not disrupted:  # a real failure (or a timeout): recorded, not retried
                     message = f"{what}: {type(exc).__name__}: {exc}"
@@ -126,6 +131,17 @@ class Runner:
             raise RuntimeError(f"services did not come back: {self.watch.describe()}")
         if bench is None or self.backend is None or self.backend.in_process:
             return
+        if self.worker_died() and self._start_worker is not None:
+            # Celery 5.7 / kombu 5.7 workers can die on a Redis restart ("Unrecoverable error:
+            # AttributeError: 'NoneType' object has no attribute 'hostname'").
+            assert self.proc is not None
+            self.log(f"[yellow]the worker exited ({self.proc.proc.returncode}); starting another")
+            self.proc.stop()
+            self.proc = self._start_worker()
+            try:
+                warmup(bench, 4 * self.proc.concurrency, WARMUP_SHAPES)
+            except Exception as exc:  # the next measurement will tell
+                self.log(f"[yellow]warm-up after restart: {type(exc).__name__}: {exc}")
         time.sleep(settle)  # the worker reconnects on its own
         for _ in range(30):
             try:
@@ -247,26 +263,43 @@ class Runner:
         )
         self.backend = backend
         self.recover(bench, settle=0.0)  # purge what an interrupted run left behind
-        log_path = self.o.log_dir / f"worker-{backend.name}-c{concurrency}-{time.time():.0f}.log"
-        try:
-            with worker(
+
+        def start() -> WorkerProcess:
+            log_path = (
+                self.o.log_dir / f"worker-{backend.name}-c{concurrency}-{time.time():.0f}.log"
+            )
+            proc = WorkerProcess(
                 backend,
                 store_url,
-                bench.app,
                 concurrency=concurrency,
                 events=self.o.events,
                 log_path=log_path,
                 extra_env=extra_env,
-            ) as proc:
-                self.proc = proc
-                self.log(f"worker pid {proc.pid} (pool {proc.children()}), log {log_path}")
-                if warm:
-                    n = max(self.o.counts.warmup, 4 * concurrency)
-                    self.attempt("warm-up", lambda: warmup(bench, n, WARMUP_SHAPES), bench)
-                yield bench
+            )
+            try:
+                proc.wait_ready(bench.app)
+            except BaseException:
+                proc.stop()
+                raise
+            self.log(f"worker pid {proc.pid} (pool {proc.children()}), log {log_path}")
+            return proc
+
+        self._start_worker = start
+        try:
+            self.proc = start()
+            if warm:
+                n = max(self.o.counts.warmup, 4 * concurrency)
+                self.attempt("warm-up", lambda: warmup(bench, n, WARMUP_SHAPES), bench)
+            yield bench
         finally:
+            if self.proc is not None:
+                self.proc.stop()
             self.proc = None
+            self._start_worker = None
             self._close(bench)
+
+    def worker_died(self) -> bool:
+        return self.proc is not None and self.proc.proc.poll() is not None
 
     @staticmethod
     def _close(bench: Bench) -> None:

@@ -8,8 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import quote
 
@@ -125,32 +124,6 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.wait(5)
         self._log.close()
-
-
-@contextmanager
-def worker(
-    backend: Backend,
-    store_url: str,
-    app: Celery,
-    *,
-    concurrency: int,
-    events: bool,
-    log_path: Path,
-    extra_env: dict[str, str] | None = None,
-) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(
-        backend,
-        store_url,
-        concurrency=concurrency,
-        events=events,
-        log_path=log_path,
-        extra_env=extra_env,
-    )
-    try:
-        proc.wait_ready(app)
-        yield proc
-    finally:
-        proc.stop()
 
 
 def purge(app: Celery, queue: str = QUEUE) -> int:
