@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
 
@@ -89,35 +89,21 @@ def run_claim(
     )
 
 
+def _fields(cls: type, row: Any) -> dict[str, Any]:
+    """The columns of `row` that `cls` (a record dataclass) has a field for."""
+    values = row._mapping
+    return {f.name: values[f.name] for f in fields(cls) if f.name in values}
+
+
 def saga_record(head: Any, steps: Sequence[Any]) -> SagaRecord:
+    step_records = tuple(
+        StepRecord(**{**_fields(StepRecord, s), "status": StepStatus(s.status)}) for s in steps
+    )
     return SagaRecord(
-        id=head.id,
-        name=head.name,
-        status=SagaStatus(head.status),
-        input=head.input,
-        idempotency_key=head.idempotency_key,
-        failed_step=head.failed_step,
-        error=head.error,
-        created_at=head.created_at,
-        updated_at=head.updated_at,
-        finished_at=head.finished_at,
-        deadline_at=head.deadline_at,
-        headers=head.headers or {},
-        parent_id=head.parent_id,
-        steps=tuple(
-            StepRecord(
-                name=s.name,
-                status=StepStatus(s.status),
-                attempts=s.attempts,
-                result=s.result,
-                error=s.error,
-                started_at=s.started_at,
-                finished_at=s.finished_at,
-                compensation_attempts=s.compensation_attempts,
-                compensation_error=s.compensation_error,
-                compensation_started_at=s.compensation_started_at,
-                compensated_at=s.compensated_at,
-            )
-            for s in steps
-        ),
+        **{
+            **_fields(SagaRecord, head),
+            "status": SagaStatus(head.status),
+            "headers": head.headers or {},
+            "steps": step_records,
+        }
     )
