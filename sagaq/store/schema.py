@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -41,6 +43,9 @@ saga = Table(
     Column("deadline_at", Float),
     Column("headers", Json),
     Column("parent_id", String(36)),
+    Column("parent_step", String(200)),  # the parent's step that runs this saga as a sub-saga
+    # Why compensation began: "failure", "cancel" or "deadline" (None while it has not).
+    Column("cause", String(16)),
     UniqueConstraint("name", "idempotency_key", name="uq_saga_name_idempotency_key"),
     Index("ix_saga_created_at", "created_at"),
     Index("ix_saga_status_created_at", "status", "created_at"),
@@ -64,5 +69,36 @@ saga_step = Table(
     Column("compensation_error", Text),
     Column("compensation_started_at", Float),
     Column("compensated_at", Float),
+    # The attempt that holds the step (its Celery task id) and the last sign of life from it:
+    # a duplicate never touches an attempt whose lease (heartbeat) is alive.
+    Column("task_id", String(64)),
+    Column("heartbeat_at", Float),
+    # The step failed but its effect may have happened (worker lost, timeout, unserializable
+    # result): it is compensated all the same.
+    Column("applied", Boolean, nullable=False, default=False),
+    # The step has a compensation to run (frozen from the plan when the saga is created).
+    Column("undoable", Boolean, nullable=False, default=False),
     PrimaryKeyConstraint("saga_id", "name", name="pk_saga_step"),
+)
+
+# Append-only history: every transition, every attempt, sweeper and operator actions. Written in
+# the same transaction (or statement) as the change it records.
+saga_event = Table(
+    "saga_event",
+    metadata,
+    Column("id", Integer().with_variant(BigInteger(), "postgresql"), primary_key=True),
+    Column("saga_id", String(36), ForeignKey("saga.id", ondelete="CASCADE"), nullable=False),
+    Column("at", Float, nullable=False),
+    # "saga" (status change), "step" (forward), "compensation", "attempt", "sweeper", "operator"
+    Column("kind", String(16), nullable=False),
+    Column("step", String(200)),
+    Column("status", String(24)),  # the status entered, when the event is a transition
+    Column("attempt", Integer),
+    Column("worker", String(200)),  # the worker's hostname
+    Column("task_id", String(64)),
+    Column("error", Text),
+    Column("duration_ms", Float),
+    Column("actor", String(200)),  # who (operator actions: the API token's name, or "cli")
+    Column("reason", Text),
+    Index("ix_saga_event_saga_id_id", "saga_id", "id"),
 )

@@ -21,7 +21,7 @@ from sagaq.store.migrate import alembic_config, head, upgrade
 from sagaq.store.schema import metadata
 from tests.harness import PG_URL, pg_schema_url, require
 
-TABLES = {"saga", "saga_step"}
+TABLES = {"saga", "saga_step", "saga_event"}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
