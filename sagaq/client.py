@@ -9,12 +9,10 @@ from typing import Any
 
 from celery import Celery
 
-from sagaq.compiler import compile_compensation, compile_saga
 from sagaq.definition.saga import Saga
 from sagaq.errors import (
     DefinitionError,
     InvalidInputError,
-    InvalidStateError,
     SagaNotFoundError,
     SagaTimeoutError,
     UnknownSagaError,
@@ -23,14 +21,15 @@ from sagaq.observability.events import EventBus
 from sagaq.runtime import (
     Runtime,
     SweepReport,
+    cancel,
     install_control_tasks,
     install_saga_tasks,
     install_sweep_task,
-    publish,
-    start_compensation,
+    retry,
     start_saga,
     sweep,
 )
+from sagaq.runtime.base import DEFAULT_HEARTBEAT
 from sagaq.status import SagaStatus, StepStatus
 from sagaq.store import SagaRecord, SagaStore, StepRecord
 
@@ -111,6 +110,12 @@ def _step_result(s: StepRecord) -> StepResult:
 MAX_INPUT_BYTES = 256 * 1024
 
 
+def _heartbeat_setting() -> float:
+    import os
+
+    return float(os.environ.get("SAGAQ_HEARTBEAT", DEFAULT_HEARTBEAT))
+
+
 def _as_saga(definition: object) -> Saga:
     found = definition if isinstance(definition, Saga) else getattr(definition, "__saga__", None)
     if not isinstance(found, Saga):
@@ -140,14 +145,23 @@ class SagaQ:
     """The engine: a Celery app, a store, and the sagas registered with them."""
 
     def __init__(
-        self, app: Celery, store: str | SagaStore, *, max_input_bytes: int = MAX_INPUT_BYTES
+        self,
+        app: Celery,
+        store: str | SagaStore,
+        *,
+        max_input_bytes: int = MAX_INPUT_BYTES,
+        heartbeat: float | None = None,
     ) -> None:
+        """`store`: a URL (nothing connects until first use) or a SagaStore. `heartbeat`:
+        seconds between lease renewals of a running step (default SAGAQ_HEARTBEAT, 10); a
+        step whose worker died is recovered after three missed beats."""
         self.app = app
         self.max_input_bytes = max_input_bytes
         self.store = store if isinstance(store, SagaStore) else SagaStore(store)
         self.sagas: dict[str, Saga] = {}
         self.events = EventBus()
-        self.runtime = Runtime(app, self.store, self.events, self.sagas)
+        beat = heartbeat if heartbeat is not None else _heartbeat_setting()
+        self.runtime = Runtime(app, self.store, self.events, self.sagas, heartbeat=beat)
         install_control_tasks(self.runtime)
         install_sweep_task(self.runtime)
 
@@ -243,33 +257,23 @@ class SagaQ:
         )
         return SagaHandle(self, saga_id, created)
 
-    def cancel(self, saga_id: str, reason: str = "cancelled") -> SagaResult:
-        """Stop a saga and compensate what it completed. Steps not yet started never start;
-        a step already running finishes and is then undone (Python code cannot be stopped
-        safely mid-flight). Cancelling a finished saga raises InvalidStateError."""
+    def cancel(
+        self, saga_id: str, reason: str = "cancelled", *, actor: str | None = None
+    ) -> SagaResult:
+        """Stop a saga and compensate what it did. Steps not yet started never start; a step
+        already running finishes and is then undone (Python code cannot be stopped safely
+        mid-flight); a running sub-saga is cancelled too. Raises InvalidStateError for a
+        finished saga and for one past its pivot step. `actor` is recorded in the history."""
         current = self.status(saga_id)
-        saga = self.saga(current.saga)
-        if not start_compensation(self.runtime, saga, saga_id, reason=f"cancelled: {reason}"):
-            state = self.status(saga_id).status
-            raise InvalidStateError(f"saga {saga_id} is {state}: there is nothing to cancel")
+        cancel(self.runtime, self.saga(current.saga), saga_id, reason, actor=actor)
         return self.status(saga_id)
 
-    def retry(self, saga_id: str) -> SagaResult:
+    def retry(self, saga_id: str, *, actor: str | None = None) -> SagaResult:
         """Resume a FAILED saga: a compensation that gave up is tried again; a saga that
         failed after its pivot step runs its remaining steps again."""
         current = self.status(saga_id)
-        saga = self.saga(current.saga)
-        undo = self.store.resume_compensation(saga_id)
-        if undo is not None:
-            publish(compile_compensation(saga, saga_id, undo, self.app))
-            return self.status(saga_id)
-        remaining = self.store.resume_forward(saga_id)
-        if remaining is not None:
-            publish(compile_saga(saga, saga_id, self.app, steps=remaining))
-            return self.status(saga_id)
-        raise InvalidStateError(
-            f"saga {saga_id} is {current.status}: only a FAILED saga can be retried"
-        )
+        retry(self.runtime, self.saga(current.saga), saga_id, actor=actor)
+        return self.status(saga_id)
 
     def sweep(self, *, stall_after: float = 30.0) -> SweepReport:
         """One recovery pass: re-publish lost work, resume stalled compensations, enforce

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SagaqError(Exception):
     """Raised for anything sagaq reports to its user; catch this to catch them all."""
@@ -57,7 +59,12 @@ class NonRetryableError(StepError):
 
 
 class StepTimeoutError(StepError):
-    """Raised when a step runs longer than its timeout."""
+    """Raised when a step runs longer than its timeout. Its effect may have happened, so the
+    step is compensated; `result` is what it returned in the end, if it did."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class UnserializableResultError(NonRetryableError):

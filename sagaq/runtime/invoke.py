@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import random
 import threading
 import traceback
@@ -19,9 +20,11 @@ from sagaq.errors import StepTimeoutError, UnserializableResultError
 def call_user(fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None) -> Any:
     """Run `fn(*args)`; raise StepTimeoutError if it takes longer than `timeout` seconds.
 
-    async functions are cancelled at the timeout. A sync function cannot be stopped from the
-    outside in Python: it runs in a helper thread, the step fails at the timeout, and whatever
-    the function still does afterwards is ignored (make side effects idempotent).
+    An async function is cancelled at the timeout. A sync function cannot be stopped from the
+    outside in Python: it runs in a helper thread and, past the timeout, this call still waits
+    for it to end (its effect may land, and it is compensated only once it really stopped;
+    under prefork, Celery's hard time limit is the backstop). The StepTimeoutError then carries
+    what the function returned, if it did.
     """
     if inspect.iscoroutinefunction(fn):
         return asyncio.run(_await_with_timeout(fn, args, timeout))
@@ -39,7 +42,10 @@ def call_user(fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | No
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        raise StepTimeoutError(f"{fn.__name__} did not finish within {timeout:g}s")
+        worker.join()  # it may still apply its effect: wait until it has really stopped
+        raise StepTimeoutError(
+            f"{fn.__name__} did not finish within {timeout:g}s", result=outcome.get("value")
+        )
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
@@ -76,5 +82,5 @@ def backoff_delay(base: float, retries_so_far: int, cap: float = 60.0) -> float:
 def describe(exc: BaseException) -> str:
     """One line for the store and the user: type and message, plus where it was raised."""
     where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    place = f" (at {where[0].filename}:{where[0].lineno})" if where else ""
+    place = f" (at {os.path.basename(where[0].filename)}:{where[0].lineno})" if where else ""
     return f"{type(exc).__name__}: {exc}{place}"

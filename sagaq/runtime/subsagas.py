@@ -1,17 +1,20 @@
-"""Sub-sagas: a step that runs another registered saga. The child is started with the
-parent step's idempotency key, so a redelivered or re-polled parent step never starts a second
-child; the parent step polls (via Celery retries, not by blocking a worker) until the child
-is finished. Compensating the parent step compensates a completed child."""
+"""Sub-saga steps: a step that runs another registered saga. The parent step starts its child
+once per forward attempt generation and polls it (through Celery retries, not by blocking a
+worker) until the child is finished. Compensating the parent step cancels a child that still
+runs and compensates one that completed - always, whatever path led to compensation."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+
 from sagaq.definition.saga import Step, StepContext
 from sagaq.errors import NonRetryableError, SagaqError
 from sagaq.runtime.base import Runtime
-from sagaq.runtime.launch import start_compensation, start_saga
-from sagaq.status import SagaStatus, StepStatus
+from sagaq.status import SAGA_ACTIVE, SagaStatus, StepStatus
+from sagaq.store import SagaRecord
+from sagaq.store.schema import saga as saga_table
 
 POLL_SECONDS = 0.1
 
@@ -20,44 +23,76 @@ class ChildPending(Exception):
     """The child saga is not finished yet: poll again."""
 
 
-def run_child(rt: Runtime, step: Step, ctx: StepContext) -> Any:
-    """Start the child (once) and return its results when it completed."""
+def children(rt: Runtime, parent_id: str, step: str) -> list[SagaRecord]:
+    """The child sagas a parent's step started, oldest first."""
+    with rt.store._begin() as conn:
+        ids = conn.execute(
+            select(saga_table.c.id)
+            .where(saga_table.c.parent_id == parent_id, saga_table.c.parent_step == step)
+            .order_by(saga_table.c.created_at)
+        ).scalars()
+        found = list(ids)
+    return [r for r in (rt.store.get(i) for i in found) if r is not None]
+
+
+def run_child(rt: Runtime, step: Step, ctx: StepContext, *, resumed: bool) -> Any:
+    """Start the child and return its results once it completed. A new attempt (not the
+    attempt's own poll: `resumed`) after a child that did not complete starts a fresh child."""
+    from sagaq.runtime.launch import start_saga
+
     assert step.sub_saga is not None
     child = rt.sagas[step.sub_saga]
-    child_id, _ = start_saga(
-        rt,
-        child,
-        child.parse_input(step.fn(ctx)),
-        idempotency_key=ctx.idempotency_key,
-        headers=dict(ctx.headers),
-        parent_id=ctx.saga_id,
-    )
-    record = rt.store.get(child_id)
-    assert record is not None
-    if record.status == SagaStatus.COMPLETED:
-        results = {s.name: s.result for s in record.steps if s.status == StepStatus.COMPLETED}
-        return {"saga_id": child_id, "results": results}
-    if record.status.is_terminal or record.status == SagaStatus.COMPENSATING:
+    earlier = children(rt, ctx.saga_id, step.name)
+    current = earlier[-1] if earlier else None
+    gave_up = (SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.COMPENSATING)
+    if current is None or (not resumed and current.status in gave_up):
+        child_id, _ = start_saga(
+            rt,
+            child,
+            child.parse_input(step.fn(ctx)),
+            idempotency_key=f"{ctx.idempotency_key}#{len(earlier)}",
+            headers=dict(ctx.headers),
+            parent_id=ctx.saga_id,
+            parent_step=step.name,
+        )
+        current = rt.store.get(child_id)
+        assert current is not None
+    if current.status == SagaStatus.COMPLETED:
+        results = {s.name: s.result for s in current.steps if s.status == StepStatus.COMPLETED}
+        return {"saga_id": current.id, "results": results}
+    if current.status in gave_up:
         raise NonRetryableError(
-            f"sub-saga {child.name} {child_id} did not complete: {record.error or record.status}"
+            f"sub-saga {child.name} {current.id} did not complete: "
+            f"{current.error or current.status}"
         )
-    raise ChildPending(child_id)
+    raise ChildPending(current.id)
 
 
-def undo_child(rt: Runtime, result: dict[str, Any] | None) -> None:
-    """Compensate the child this step completed; raises ChildPending until it is undone."""
-    if not result or "saga_id" not in result:
-        return  # the step never got as far as a child that completed
-    record = rt.store.get(result["saga_id"])
-    if record is None or record.status == SagaStatus.COMPENSATED:
-        return
-    if record.status == SagaStatus.COMPLETED:
+def undo_children(rt: Runtime, parent_id: str, step: str) -> None:
+    """Cancel the children still running, compensate those that completed; raises ChildPending
+    until every child is compensated."""
+    from sagaq.runtime.launch import start_compensation
+
+    pending = False
+    for record in children(rt, parent_id, step):
         child = rt.sagas[record.name]
-        reason = f"parent saga {record.parent_id} is compensating"
-        start_compensation(rt, child, record.id, reason=reason, allowed=(SagaStatus.COMPLETED,))
-        raise ChildPending(record.id)
-    if record.status == SagaStatus.FAILED:
-        raise SagaqError(
-            f"sub-saga {record.name} {record.id} could not be compensated: {record.error}"
-        )
-    raise ChildPending(record.id)
+        reason = f"parent saga {parent_id} is compensating"
+        if record.status in SAGA_ACTIVE or record.status == SagaStatus.COMPLETED:
+            allowed = (record.status,)
+            begun = start_compensation(
+                rt, child, record.id, cause="cancel", reason=reason, allowed=allowed
+            )
+            if begun.steps is None and begun.status == record.status:
+                raise SagaqError(
+                    f"sub-saga {record.name} {record.id} is past its pivot step and cannot be "
+                    "compensated: an operator must settle it"
+                )
+            pending = pending or not begun.finished
+        elif record.status == SagaStatus.COMPENSATING:
+            pending = True
+        elif record.status == SagaStatus.FAILED:
+            raise SagaqError(
+                f"sub-saga {record.name} {record.id} could not be compensated: {record.error}"
+            )
+    if pending:
+        raise ChildPending(parent_id)

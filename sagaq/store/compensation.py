@@ -1,219 +1,381 @@
-"""The compensation half of SagaStore: from the first failure to COMPENSATED or FAILED."""
+"""The compensation half of SagaStore: from the first failure to COMPENSATED (or FAILED).
+
+Reverse order is enforced here, not only by the canvas: a step is undone only once every step
+that depends on it is settled (undone, or never applied), whatever order messages arrive in."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    exists,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import Connection, and_, exists, or_, select, true, update
 
-from sagaq.status import SagaStatus, StepStatus
-from sagaq.store import statements as sql
-from sagaq.store.base import ACTIVE, LOST_STEP_ERROR, StoreBase, _step_key
-from sagaq.store.records import (
-    Claim,
-    StepClaim,
-    run_claim,
+from sagaq.status import (
+    SAGA_ACTIVE,
+    STEP_BLOCKS_COMPENSATED,
+    SagaStatus,
+    StepStatus,
+    needs_undo,
+    saga_move,
+    step_move,
 )
+from sagaq.store.base import step_key, task_of
+from sagaq.store.reads import StoreReads, step_inputs
+from sagaq.store.records import Claim, StepClaim, run_claim
 from sagaq.store.schema import saga, saga_step
 
+S, T = SagaStatus, StepStatus
 
-class CompensationTransitions(StoreBase):
+_SKIPPED = step_move([T.PENDING], T.SKIPPED)
+_WRITTEN_OFF = step_move([T.RUNNING], T.FAILED)
+_UNDOING = step_move([T.COMPLETED, T.FAILED, T.COMPENSATING], T.COMPENSATING)
+_UNDONE = step_move([T.COMPENSATING], T.COMPENSATED)
+_UNDO_FAILED = step_move([T.COMPENSATING], T.COMPENSATION_FAILED)
+_COMPENSATED = saga_move([S.COMPENSATING], S.COMPENSATED)
+_GAVE_UP = saga_move([S.COMPENSATING], S.FAILED)
+_RESUMED = saga_move([S.FAILED], S.COMPENSATING)
+_UNDO_AGAIN = step_move([T.COMPENSATION_FAILED], T.COMPENSATING)
+
+LOST_ERROR = "its attempt stopped without reporting (worker lost or hard time limit)"
+
+
+def _needs_undo(table: Any = saga_step) -> Any:
+    """Rows whose effect may stand and that have a compensation to run."""
+    return and_(
+        table.c.undoable,
+        or_(table.c.status == T.COMPLETED, and_(table.c.status == T.FAILED, table.c.applied)),
+    )
+
+
+def _unsettled(table: Any = saga_step) -> Any:
+    """Rows that keep the saga from being COMPENSATED (and their ancestors from being undone)."""
+    return or_(table.c.status.in_(STEP_BLOCKS_COMPENSATED), _needs_undo(table))
+
+
+@dataclass(frozen=True)
+class Begun:
+    """What begin_compensation decided: `steps` to put in the undo canvas (those that may have
+    applied, and those still running so that their ancestors wait), or why it refused."""
+
+    steps: list[str] | None  # None: refused
+    status: SagaStatus | None = None  # the saga's status when refused
+    finished: bool = False  # nothing to undo: the saga is COMPENSATED already
+
+
+class CompensationTransitions(StoreReads):
     """From COMPENSATING to COMPENSATED (or FAILED): every move one conditional UPDATE."""
 
     def begin_compensation(
         self,
         saga_id: str,
         *,
+        cause: str,
         failed_step: str | None = None,
         reason: str | None = None,
-        stop_running: bool = False,
-        allowed: Sequence[SagaStatus] = ACTIVE,
-    ) -> dict[str, StepStatus] | None:
-        """Active->COMPENSATING in one conditional UPDATE: only the first caller gets the plan
-        (the steps COMPLETED or still RUNNING); later callers get None. Steps that never
-        started become SKIPPED in the same transaction, so none of them can start any more.
-
-        `reason` (cancel, deadline) becomes the saga's error; otherwise the failed step's error
-        does. With `stop_running`, running steps are written off as FAILED so compensation does
-        not wait for them; one that completes anyway undoes itself."""
-        now = time.time()
+        allowed: Sequence[SagaStatus] = tuple(SAGA_ACTIVE),
+        pivot: str | None = None,
+        actor: str | None = None,
+    ) -> Begun:
+        """->COMPENSATING in one conditional UPDATE: only the first caller gets the steps to
+        undo; later callers are refused. Steps that never started become SKIPPED in the same
+        transaction, so none of them can start any more. Refused once the `pivot` started
+        (past it nothing is undone). `cause`: "failure", "cancel" or "deadline"; `reason`
+        becomes the saga's error (otherwise the failed steps' errors do)."""
+        now = self.clock()
+        steps = saga_step.c.saga_id == saga_id
+        pivot_started = (
+            exists().where(
+                steps,
+                saga_step.c.name == pivot,
+                saga_step.c.status.in_((T.RUNNING, T.COMPLETED)),
+            )
+            if pivot
+            else None
+        )
         with self._begin() as conn:
             won = conn.execute(
                 update(saga)
-                .where(saga.c.id == saga_id, saga.c.status.in_(allowed))
-                .values(status=SagaStatus.COMPENSATING, updated_at=now, finished_at=None)
+                .where(
+                    saga.c.id == saga_id,
+                    saga.c.status.in_(saga_move(allowed, S.COMPENSATING)),
+                    ~pivot_started if pivot_started is not None else true(),
+                )
+                .values(status=S.COMPENSATING, cause=cause, updated_at=now, finished_at=None)
             )
             if won.rowcount != 1:
-                return None
-            steps = saga_step.c.saga_id == saga_id
+                status = conn.execute(select(saga.c.status).where(saga.c.id == saga_id)).scalar()
+                return Begun(None, SagaStatus(status) if status else None)
             conn.execute(
                 update(saga_step)
-                .where(steps, saga_step.c.status == StepStatus.PENDING)
-                .values(status=StepStatus.SKIPPED)
+                .where(steps, saga_step.c.status.in_(_SKIPPED))
+                .values(status=T.SKIPPED)
             )
-            if failed_step is not None:
-                # The task failed without our wrapper recording why (worker lost, time limit).
-                conn.execute(
-                    update(saga_step)
-                    .where(
-                        _step_key(saga_id, failed_step), saga_step.c.status == StepStatus.RUNNING
-                    )
-                    .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=now)
-                )
-            if stop_running:
-                conn.execute(
-                    update(saga_step)
-                    .where(steps, saga_step.c.status == StepStatus.RUNNING)
-                    .values(
-                        status=StepStatus.FAILED,
-                        finished_at=now,
-                        error="stopped: a parallel step failed (fail-fast)",
-                    )
-                )
             rows = conn.execute(
-                select(saga_step.c.name, saga_step.c.status, saga_step.c.error)
+                select(saga_step)
                 .where(steps)
-                .order_by(saga_step.c.position)
+                .order_by(saga_step.c.finished_at, saga_step.c.position)
             ).all()
-            failed = [r for r in rows if r.status == StepStatus.FAILED]
-            # Prefer the step whose errback this is; a chord may also call its body's errbacks.
+            failed = [r for r in rows if r.status == T.FAILED]
             culprit = next((r for r in failed if r.name == failed_step), None)
-            culprit = culprit or (failed[0] if failed and reason is None else None)
+            culprit = culprit or (failed[0] if failed and cause == "failure" else None)
+            others = [r for r in failed if culprit is not None and r.name != culprit.name]
+            error = reason or (culprit.error if culprit else None)
+            if others and error:  # wait-all: the first failure in time, then the others
+                error += "; also failed: " + "; ".join(f"{r.name}: {r.error}" for r in others)
             conn.execute(
                 update(saga)
                 .where(saga.c.id == saga_id)
-                .values(
-                    failed_step=culprit.name if culprit else None,
-                    error=reason or (culprit.error if culprit else None),
-                )
+                .values(failed_step=culprit.name if culprit else None, error=error)
             )
-        return {
-            r.name: StepStatus(r.status)
-            for r in rows
-            if r.status in (StepStatus.COMPLETED, StepStatus.RUNNING)
-        }
+            if actor is not None or cause == "cancel":
+                self._event(
+                    conn, saga_id, "operator", now, status="CANCEL", actor=actor, reason=reason
+                )
+            self._event(
+                conn, saga_id, "saga", now, status=S.COMPENSATING, reason=cause, error=error
+            )
+            todo = [
+                r.name
+                for r in rows
+                if r.status == T.RUNNING or needs_undo(r.status, r.undoable, r.applied)
+            ]
+            finished = not todo and self._try_finish_compensation(conn, saga_id, now)
+        return Begun(todo, S.COMPENSATING, finished)
 
     def claim_compensation(
-        self, saga_id: str, step: str, deps: Sequence[str], ancestors: Sequence[str] = ()
+        self,
+        saga_id: str,
+        step: str,
+        *,
+        dependents: Sequence[str],
+        wanted: Sequence[str],
+        lease: float,
+        stop_running: bool = False,
+        token: str = "",
+        worker: str | None = None,
     ) -> StepClaim:
-        """COMPLETED->COMPENSATING (or again on retry/redelivery) while the saga is COMPENSATING."""
-        now = time.time()
+        """May this attempt undo the step? RUN when it may have applied (COMPLETED, or FAILED
+        and `applied`), it has a compensation, and every step that depends on it is settled.
+        A RUNNING step is waited for while its lease lives; once the lease expired it is
+        written off as FAILED+applied (outcome unknown) and undone. `stop_running`: do not wait
+        (a sub-saga step: its child is cancelled instead).
+
+        Otherwise WAIT (something must finish first), DONE (nothing to undo, or already
+        undone: the saga may be finished here), HALT (the saga FAILED) or STOP."""
+        now = self.clock()
         with self._begin() as conn:
-            row = conn.execute(
-                update(saga_step)
-                .where(
-                    _step_key(saga_id, step),
-                    saga_step.c.status.in_((StepStatus.COMPLETED, StepStatus.COMPENSATING)),
-                    exists().where(saga.c.id == saga_id, saga.c.status == SagaStatus.COMPENSATING),
+            head = conn.execute(select(saga.c.status).where(saga.c.id == saga_id)).first()
+            row = conn.execute(select(saga_step).where(step_key(saga_id, step))).first()
+            if head is None or row is None:
+                return StepClaim(Claim.STOP)
+            if head.status == S.FAILED:
+                return StepClaim(Claim.HALT)
+            if head.status != S.COMPENSATING:
+                return StepClaim(Claim.DONE)
+            if dependents:
+                waiting_on = conn.execute(
+                    select(saga_step.c.name, saga_step.c.heartbeat_at).where(
+                        saga_step.c.saga_id == saga_id,
+                        saga_step.c.name.in_(list(dependents)),
+                        _unsettled(),
+                    )
+                ).first()
+                if waiting_on is not None:
+                    return StepClaim(Claim.WAIT, retry_in=0.1)
+            status, applied = StepStatus(row.status), bool(row.applied)
+            alive = row.heartbeat_at is not None and row.heartbeat_at > now - lease
+            if status == T.RUNNING:
+                if alive and not stop_running:
+                    return StepClaim(Claim.WAIT, retry_in=max(0.05, row.heartbeat_at + lease - now))
+                error = "stopped: the saga is compensating" if stop_running else LOST_ERROR
+                conn.execute(
+                    update(saga_step)
+                    .where(step_key(saga_id, step), saga_step.c.status.in_(_WRITTEN_OFF))
+                    .values(status=T.FAILED, applied=True, error=error, finished_at=now)
                 )
+                self._event(conn, saga_id, "step", now, step=step, status=T.FAILED, error=error)
+                status, applied = T.FAILED, True
+            elif status == T.COMPENSATING and alive and row.resume_token != token:
+                return StepClaim(Claim.WAIT, retry_in=max(0.05, row.heartbeat_at + lease - now))
+            may_stand = status in (T.COMPLETED, T.COMPENSATING) or (status == T.FAILED and applied)
+            if not (row.undoable and may_stand):
+                if status == T.COMPENSATION_FAILED:
+                    return StepClaim(Claim.HALT)
+                self._try_finish_compensation(conn, saga_id, now)
+                return StepClaim(Claim.DONE)
+            claimed = conn.execute(
+                update(saga_step)
+                .where(step_key(saga_id, step), saga_step.c.status.in_(_UNDOING))
                 .values(
-                    status=StepStatus.COMPENSATING,
+                    status=T.COMPENSATING,
                     compensation_attempts=saga_step.c.compensation_attempts + 1,
-                    compensation_started_at=func.coalesce(saga_step.c.compensation_started_at, now),
+                    compensation_started_at=row.compensation_started_at or now,
+                    heartbeat_at=now,
+                    task_id=task_of(token),
+                    resume_token=None,
                 )
                 .returning(saga_step.c.compensation_attempts, saga_step.c.result)
-            ).first()
-            if row is None:
-                return self._refused_compensation_claim(conn, saga_id, step)
-            # The compensation sees its ancestors' data and what its own step wrote.
-            wanted = list({*deps, *ancestors, step})
-            rows = conn.execute(sql.INPUTS, {"sid": saga_id, "wanted": wanted}).all()
-            return run_claim(rows, deps, row.compensation_attempts, row.result)
+            ).one()
+            self._event(
+                conn,
+                saga_id,
+                "compensation",
+                now,
+                step=step,
+                status=T.COMPENSATING,
+                attempt=claimed.compensation_attempts,
+                worker=worker,
+                task_id=task_of(token),
+            )
+            rows = conn.execute(step_inputs(saga_id, {*wanted, step})).all()
+            return run_claim(rows, (), claimed.compensation_attempts, claimed.result)
 
-    def _refused_compensation_claim(self, conn: Connection, saga_id: str, step: str) -> StepClaim:
-        row = conn.execute(
-            select(saga_step.c.status, saga_step.c.started_at, saga.c.status.label("saga_status"))
-            .join(saga, saga.c.id == saga_step.c.saga_id)
-            .where(_step_key(saga_id, step))
-        ).first()
-        if row is None:
-            return StepClaim(Claim.SKIP)
-        if row.saga_status == SagaStatus.FAILED:
-            return StepClaim(Claim.HALT)
-        if row.status == StepStatus.COMPENSATED:
-            return StepClaim(Claim.DONE)
-        if row.status == StepStatus.RUNNING:
-            return StepClaim(Claim.WAIT, started_at=row.started_at)
-        if row.saga_status == SagaStatus.COMPENSATING and row.status in (
-            StepStatus.COMPLETED,
-            StepStatus.COMPENSATING,
-        ):
-            # The step finished between our UPDATE and this read (READ COMMITTED): try again.
-            return StepClaim(Claim.WAIT, started_at=time.time())
-        return StepClaim(Claim.SKIP)
-
-    def complete_compensation(
-        self, saga_id: str, step: str, *, finish: bool = False
-    ) -> tuple[bool, bool]:
-        """COMPENSATING->COMPENSATED; with `finish` (the last compensation) the saga is marked
-        COMPENSATED in the same transaction. Returns (step undone, saga done)."""
-        now = time.time()
+    def retry_compensation(
+        self,
+        saga_id: str,
+        step: str,
+        attempt: int,
+        error: str | None,
+        delay: float,
+        next_token: str,
+    ) -> bool:
+        """The undo failed (or waits for a sub-saga) and is tried again in `delay` s by the
+        message `next_token`: the lease is reserved for it until then."""
+        now = self.clock()
         with self._begin() as conn:
             done = conn.execute(
                 update(saga_step)
-                .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.COMPENSATING)
-                .values(status=StepStatus.COMPENSATED, compensated_at=now)
+                .where(
+                    step_key(saga_id, step),
+                    saga_step.c.status == T.COMPENSATING,
+                    saga_step.c.compensation_attempts == attempt,
+                )
+                .values(compensation_error=error, heartbeat_at=now + delay, resume_token=next_token)
+            )
+            if done.rowcount == 1 and error is not None:
+                self._event(
+                    conn,
+                    saga_id,
+                    "attempt",
+                    now,
+                    step=step,
+                    attempt=attempt,
+                    error=error,
+                    reason="compensation",
+                )
+        return done.rowcount == 1
+
+    def complete_compensation(
+        self, saga_id: str, step: str, attempt: int, *, duration_ms: float | None = None
+    ) -> tuple[bool, bool]:
+        """COMPENSATING->COMPENSATED, then the saga ->COMPENSATED if nothing is left to undo.
+        Returns (step undone, saga done)."""
+        now = self.clock()
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga_step)
+                .where(
+                    step_key(saga_id, step),
+                    saga_step.c.status.in_(_UNDONE),
+                    saga_step.c.compensation_attempts == attempt,
+                )
+                .values(status=T.COMPENSATED, compensated_at=now)
             )
             if done.rowcount != 1:
                 return False, False
-            return True, finish and self._finish_compensation(conn, saga_id, now)
+            self._event(
+                conn,
+                saga_id,
+                "compensation",
+                now,
+                step=step,
+                status=T.COMPENSATED,
+                attempt=attempt,
+                duration_ms=duration_ms,
+            )
+            return True, self._try_finish_compensation(conn, saga_id, now)
 
-    def fail_compensation(self, saga_id: str, step: str, error: str) -> None:
+    def fail_compensation(self, saga_id: str, step: str, attempt: int, error: str) -> bool:
         """The step could not be undone: the saga is FAILED and needs an operator."""
-        now = time.time()
+        now = self.clock()
+        message = f"compensation of step {step!r} failed: {error}"
         with self._begin() as conn:
-            conn.execute(
+            done = conn.execute(
                 update(saga_step)
-                .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.COMPENSATING)
-                .values(status=StepStatus.COMPENSATION_FAILED, compensation_error=error)
-            )
-            conn.execute(
-                update(saga)
-                .where(saga.c.id == saga_id, saga.c.status == SagaStatus.COMPENSATING)
-                .values(
-                    status=SagaStatus.FAILED,
-                    error=f"compensation of step {step!r} failed: {error}",
-                    updated_at=now,
-                    finished_at=now,
+                .where(
+                    step_key(saga_id, step),
+                    saga_step.c.status.in_(_UNDO_FAILED),
+                    saga_step.c.compensation_attempts == attempt,
                 )
+                .values(status=T.COMPENSATION_FAILED, compensation_error=error)
             )
-
-    def compensate_late_step(self, saga_id: str, step: str, result: Any) -> bool:
-        """A step finished after the saga wrote it off as FAILED: it undoes itself. False when
-        the row is not FAILED (e.g. a duplicate run of a step that did complete)."""
-        return self._update_step(
-            saga_id,
-            step,
-            (StepStatus.FAILED,),
-            status=StepStatus.COMPENSATING,
-            result=result,
-            compensation_attempts=1,
-            compensation_started_at=time.time(),
-        )
+            if done.rowcount != 1:
+                return False
+            self._event(
+                conn,
+                saga_id,
+                "compensation",
+                now,
+                step=step,
+                status=T.COMPENSATION_FAILED,
+                attempt=attempt,
+                error=error,
+            )
+            moved = conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id, saga.c.status.in_(_GAVE_UP))
+                .values(status=S.FAILED, error=message, updated_at=now, finished_at=now)
+            )
+            if moved.rowcount == 1:
+                self._event(conn, saga_id, "saga", now, status=S.FAILED, error=message)
+        return True
 
     def finish_compensation(self, saga_id: str) -> bool:
-        """COMPENSATING->COMPENSATED, unless some compensation is unfinished or failed."""
+        """COMPENSATING->COMPENSATED, unless some step is still to undo, running or failed."""
         with self._begin() as conn:
-            return self._finish_compensation(conn, saga_id, time.time())
+            return self._try_finish_compensation(conn, saga_id, self.clock())
 
-    def _finish_compensation(self, conn: Connection, saga_id: str, now: float) -> bool:
-        unfinished = exists().where(
-            saga_step.c.saga_id == saga_id,
-            saga_step.c.status.in_(
-                (StepStatus.RUNNING, StepStatus.COMPENSATING, StepStatus.COMPENSATION_FAILED)
-            ),
-        )
+    def _try_finish_compensation(self, conn: Connection, saga_id: str, now: float) -> bool:
+        unsettled = exists().where(saga_step.c.saga_id == saga_id, _unsettled())
         done = conn.execute(
             update(saga)
-            .where(saga.c.id == saga_id, saga.c.status == SagaStatus.COMPENSATING, ~unfinished)
-            .values(status=SagaStatus.COMPENSATED, updated_at=now, finished_at=now)
+            .where(saga.c.id == saga_id, saga.c.status.in_(_COMPENSATED), ~unsettled)
+            .values(status=S.COMPENSATED, updated_at=now, finished_at=now)
         )
-        return done.rowcount == 1
+        if done.rowcount == 1:
+            self._event(conn, saga_id, "saga", now, status=S.COMPENSATED)
+            return True
+        return False
+
+    def resume_compensation(self, saga_id: str, *, actor: str | None = None) -> list[str] | None:
+        """FAILED (a compensation gave up) -> COMPENSATING again, its retry budget renewed.
+        Returns the steps still to undo, or None if the saga is not in that state."""
+        now = self.clock()
+        steps = saga_step.c.saga_id == saga_id
+        with self._begin() as conn:
+            won = conn.execute(
+                update(saga)
+                .where(
+                    saga.c.id == saga_id,
+                    saga.c.status.in_(_RESUMED),
+                    exists().where(steps, saga_step.c.status == T.COMPENSATION_FAILED),
+                )
+                .values(status=S.COMPENSATING, updated_at=now, finished_at=None)
+            )
+            if won.rowcount != 1:
+                return None
+            conn.execute(
+                update(saga_step)
+                .where(steps, saga_step.c.status.in_(_UNDO_AGAIN))
+                .values(
+                    status=T.COMPENSATING,
+                    compensation_attempts=0,
+                    compensation_error=None,
+                    heartbeat_at=None,  # no attempt holds it: the next claim takes it
+                )
+            )
+            self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor)
+            self._event(conn, saga_id, "saga", now, status=S.COMPENSATING)
+            names = conn.execute(select(saga_step.c.name).where(steps, _unsettled()))
+            return list(names.scalars())

@@ -23,6 +23,10 @@ class StepRecord:
     compensation_error: str | None
     compensation_started_at: float | None
     compensated_at: float | None
+    task_id: str | None = None
+    heartbeat_at: float | None = None
+    applied: bool = False
+    undoable: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,18 @@ class SagaRecord:
     headers: dict[str, str]
     parent_id: str | None
     steps: tuple[StepRecord, ...]
+    parent_step: str | None = None
+    cause: str | None = None
 
     def step(self, name: str) -> StepRecord:
         return next(s for s in self.steps if s.name == name)
 
 
 class Claim(Enum):
-    RUN = "run"  # go ahead
-    DONE = "done"  # already done earlier: do not run again
-    WAIT = "wait"  # (compensation) the step is still running: try again shortly
-    SKIP = "skip"  # nothing to do (saga moved on, step skipped or never ran)
+    RUN = "run"  # go ahead: this attempt holds the step
+    DONE = "done"  # already done (or nothing to undo): let the canvas go on
+    WAIT = "wait"  # another attempt holds it, or what must come first has not: come back
+    STOP = "stop"  # the saga moved on: do nothing, and do not let the canvas go on
     HALT = "halt"  # (compensation) the saga FAILED: stop here
     EXPIRED = "expired"  # the saga is past its deadline: compensate instead
 
@@ -64,7 +70,8 @@ class StepClaim:
     data: dict[str, Any] | None = None
     headers: dict[str, str] | None = None
     result: Any = None  # the step's stored result (DONE, and compensation RUN)
-    started_at: float | None = None
+    retry_in: float = 0.0  # WAIT: when to come back (seconds)
+    resumed: bool = False  # RUN: the attempt's own poll resumed it (not a new attempt)
 
 
 def run_claim(

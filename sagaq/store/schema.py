@@ -73,6 +73,8 @@ saga_step = Table(
     # a duplicate never touches an attempt whose lease (heartbeat) is alive.
     Column("task_id", String(64)),
     Column("heartbeat_at", Float),
+    # The retry (or poll) this attempt scheduled for itself: only that message may resume it.
+    Column("resume_token", String(80)),
     # The step failed but its effect may have happened (worker lost, timeout, unserializable
     # result): it is compensated all the same.
     Column("applied", Boolean, nullable=False, default=False),

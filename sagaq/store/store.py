@@ -1,39 +1,40 @@
-"""SagaStore: every state transition is one conditional UPDATE, so concurrent and redelivered
-tasks cannot corrupt state. The same code serves SQLite and PostgreSQL; `SagaStore(url)` picks."""
+"""SagaStore: the SQL state of sagas and steps. Every state change is a conditional UPDATE whose
+condition comes from the transition table (sagaq.status), written with its history row in one
+transaction, so concurrent, duplicated and redelivered tasks cannot corrupt state.
+
+Forward transitions are here, compensation transitions in compensation.py, reads in reads.py."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    delete,
-    exists,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import Connection, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from sagaq.status import SagaStatus, StepStatus
-from sagaq.store import statements as sql
-from sagaq.store.base import ACTIVE, _step_key
+from sagaq.status import SAGA_ACTIVE, STEP_DONE, SagaStatus, StepStatus, saga_move, step_move
+from sagaq.store.base import step_key, task_of
 from sagaq.store.compensation import CompensationTransitions
-from sagaq.store.records import (
-    Claim,
-    SagaRecord,
-    StepClaim,
-    run_claim,
-    saga_record,
-)
+from sagaq.store.reads import step_inputs
+from sagaq.store.records import Claim, StepClaim, run_claim
 from sagaq.store.schema import saga, saga_step
+
+S, T = SagaStatus, StepStatus
+
+_PUBLISHED = saga_move([S.PENDING], S.RUNNING)
+_FINISHED = saga_move(SAGA_ACTIVE, S.COMPLETED)
+_FAILED_FORWARD = saga_move(SAGA_ACTIVE, S.FAILED)
+_CLAIMED = step_move([T.PENDING, T.RUNNING], T.RUNNING)
+_RETRY_LATER = step_move([T.RUNNING], T.PENDING)
+_ENDED = step_move([T.RUNNING], T.COMPLETED) + step_move([T.RUNNING], T.SKIPPED)
+_GAVE_UP = step_move([T.RUNNING], T.FAILED)
+_RESUMED = saga_move([S.FAILED], S.RUNNING)
+_RESET = step_move([T.FAILED, T.SKIPPED], T.PENDING)
 
 
 class SagaStore(CompensationTransitions):
-    """SQL state of sagas and steps: starting, forward steps, resuming, reading. Creates its
-    tables on first use. Compensation transitions are in compensation.py."""
+    """Creates its tables on first use. `SagaStore(url)` picks SQLite or PostgreSQL."""
 
     # -- starting -------------------------------------------------------------------------
 
@@ -47,24 +48,30 @@ class SagaStore(CompensationTransitions):
         deadline_at: float | None = None,
         headers: dict[str, str] | None = None,
         parent_id: str | None = None,
+        *,
+        undoable: Sequence[str] = (),
+        parent_step: str | None = None,
     ) -> tuple[str, bool]:
-        """Insert the saga and its PENDING steps in one transaction.
-        Returns (id, created); a known idempotency key returns the existing saga's id."""
+        """Insert the saga and its PENDING steps in one transaction. Returns (id, created); a
+        known idempotency key returns the existing saga's id. `undoable`: the steps that have
+        a compensation to run (from the plan)."""
         if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
             return found, False
-        now = time.time()
+        now = self.clock()
+        can_undo = set(undoable)
         try:
             with self._begin() as conn:
                 conn.execute(
                     insert(saga).values(
                         id=saga_id,
                         name=name,
-                        status=SagaStatus.PENDING,
+                        status=S.PENDING,
                         input=input,
                         idempotency_key=idempotency_key,
                         deadline_at=deadline_at,
                         headers=headers,
                         parent_id=parent_id,
+                        parent_step=parent_step,
                         created_at=now,
                         updated_at=now,
                     )
@@ -76,13 +83,16 @@ class SagaStore(CompensationTransitions):
                             "saga_id": saga_id,
                             "name": step,
                             "position": i,
-                            "status": StepStatus.PENDING,
+                            "status": T.PENDING,
                             "attempts": 0,
                             "compensation_attempts": 0,
+                            "applied": False,
+                            "undoable": step in can_undo,
                         }
                         for i, step in enumerate(steps)
                     ],
                 )
+                self._event(conn, saga_id, "saga", now, status=S.PENDING)
         except IntegrityError:
             # Another start with the same key won the race.
             if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
@@ -98,13 +108,20 @@ class SagaStore(CompensationTransitions):
         return found
 
     def mark_published(self, saga_id: str) -> None:
-        self._set_saga_status(saga_id, SagaStatus.RUNNING, (SagaStatus.PENDING,))
+        now = self.clock()
+        with self._begin() as conn:
+            moved = conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id, saga.c.status.in_(_PUBLISHED))
+                .values(status=S.RUNNING, updated_at=now)
+            )
+            if moved.rowcount == 1:
+                self._event(conn, saga_id, "saga", now, status=S.RUNNING)
 
     def delete_saga(self, saga_id: str) -> None:
         """Remove a saga whose canvas could not be published (nothing of it ran)."""
         with self._begin() as conn:
-            conn.execute(delete(saga_step).where(saga_step.c.saga_id == saga_id))
-            conn.execute(delete(saga).where(saga.c.id == saga_id))
+            conn.execute(delete(saga).where(saga.c.id == saga_id))  # cascades (steps, events)
 
     # -- forward steps --------------------------------------------------------------------
 
@@ -112,282 +129,342 @@ class SagaStore(CompensationTransitions):
         self,
         saga_id: str,
         step: str,
-        deps: Sequence[str],
-        ancestors: Sequence[str] = (),
         *,
-        outcome_unknown: bool = True,
+        deps: Sequence[str],
+        wanted: Sequence[str],
+        token: str,
+        lease: float,
+        past_pivot: bool = False,
+        is_pivot: bool = False,
+        worker: str | None = None,
     ) -> StepClaim:
-        """PENDING->RUNNING (or RUNNING->RUNNING on redelivery), attempts+1, while the saga is
-        active. Returns what the step runs with: the saga input and headers, the results of
-        its dependencies, and the data its ancestors wrote."""
-        now = time.time()
-        params = {"sid": saga_id, "step": step, "now": now, "wanted": list({*deps, *ancestors})}
-        if not self.is_sqlite:
-            with self._single_statement() as conn:
-                rows = conn.execute(sql.CLAIM_WITH_INPUTS, params).all()
-            if rows:
-                return run_claim(rows, deps, rows[0].attempts)
-        with self._begin() as conn:
-            attempts = conn.execute(sql.CLAIM, params).scalar() if self.is_sqlite else None
-            if attempts is None:
-                return self._refused_step_claim(conn, saga_id, step, now, outcome_unknown)
-            rows = conn.execute(sql.INPUTS, params).all()
-            return run_claim(rows, deps, attempts)
+        """May this attempt run the step? RUN when the step is PENDING (or its last attempt's
+        lease expired), its dependencies are done and the saga is active and within its
+        deadline (a step after the pivot ignores the deadline). The poll an attempt scheduled for
+        itself (`token` matches its resume_token: a sub-saga step waiting for its child) resumes
+        that attempt.
 
-    def _refused_step_claim(
-        self, conn: Connection, saga_id: str, step: str, now: float, outcome_unknown: bool
+        Otherwise: DONE (completed before: return its result), WAIT (an attempt with a live
+        lease holds it, or a dependency is not done yet), EXPIRED (the deadline passed) or STOP
+        (the saga moved on). A refused claim never changes anything."""
+        now = self.clock()
+        with self._begin() as conn:
+            if is_pivot:  # serialize with cancel/deadline, which refuse once the pivot started
+                conn.execute(
+                    update(saga)
+                    .where(saga.c.id == saga_id, saga.c.status.in_(SAGA_ACTIVE))
+                    .values(updated_at=now)
+                )
+            in_time = saga.c.deadline_at.is_(None) | (saga.c.deadline_at > now)
+            saga_ok = exists().where(
+                saga.c.id == saga_id,
+                saga.c.status.in_(SAGA_ACTIVE),
+                *(() if past_pivot else (in_time,)),
+            )
+            deps_done = ~exists().where(
+                saga_step.c.saga_id == saga_id,
+                saga_step.c.name.in_(list(deps)),
+                saga_step.c.status.not_in(STEP_DONE),
+            )
+            mine = conn.execute(
+                update(saga_step)
+                .where(
+                    step_key(saga_id, step),
+                    saga_step.c.status == T.RUNNING,
+                    saga_step.c.resume_token == token,
+                    saga_ok,
+                )
+                .values(heartbeat_at=now, resume_token=None)
+                .returning(saga_step.c.attempts)
+            ).first()
+            if mine is not None:
+                rows = conn.execute(step_inputs(saga_id, {*wanted, *deps})).all()
+                return replace(run_claim(rows, deps, mine.attempts), resumed=True)
+            fresh = saga_step.c.status == T.PENDING
+            lost = (saga_step.c.status == T.RUNNING) & (saga_step.c.heartbeat_at <= now - lease)
+            row = conn.execute(
+                update(saga_step)
+                .where(
+                    step_key(saga_id, step),
+                    saga_step.c.status.in_(_CLAIMED),
+                    fresh | lost,
+                    saga_ok,
+                    *((deps_done,) if deps else ()),
+                )
+                .values(
+                    status=T.RUNNING,
+                    attempts=saga_step.c.attempts + 1,
+                    task_id=task_of(token),
+                    resume_token=None,
+                    heartbeat_at=now,
+                    started_at=func.coalesce(saga_step.c.started_at, now),
+                )
+                .returning(saga_step.c.attempts)
+            ).first()
+            if row is None:
+                return self._refused_claim(conn, saga_id, step, deps, now, lease, past_pivot)
+            self._event(
+                conn,
+                saga_id,
+                "step",
+                now,
+                step=step,
+                status=T.RUNNING,
+                attempt=row.attempts,
+                worker=worker,
+                task_id=task_of(token),
+            )
+            rows = conn.execute(step_inputs(saga_id, {*wanted, *deps})).all()
+            return run_claim(rows, deps, row.attempts)
+
+    def _refused_claim(
+        self,
+        conn: Connection,
+        saga_id: str,
+        step: str,
+        deps: Sequence[str],
+        now: float,
+        lease: float,
+        past_pivot: bool,
     ) -> StepClaim:
         row = conn.execute(
             select(
                 saga_step.c.status,
                 saga_step.c.result,
+                saga_step.c.heartbeat_at,
                 saga.c.status.label("saga_status"),
                 saga.c.deadline_at,
             )
             .join(saga, saga.c.id == saga_step.c.saga_id)
-            .where(_step_key(saga_id, step))
+            .where(step_key(saga_id, step))
         ).first()
         if row is None:
-            return StepClaim(Claim.SKIP)
-        if row.status == StepStatus.COMPLETED:
+            return StepClaim(Claim.STOP)
+        if row.status == T.COMPLETED:
             return StepClaim(Claim.DONE, result=row.result)
-        if row.saga_status in ACTIVE and row.deadline_at is not None and row.deadline_at <= now:
+        if row.saga_status not in SAGA_ACTIVE:
+            return StepClaim(Claim.STOP)
+        expired = row.deadline_at is not None and row.deadline_at <= now
+        if expired and not past_pivot:
             return StepClaim(Claim.EXPIRED)
-        if row.status == StepStatus.RUNNING:
-            # A retry or redelivery arriving after compensation began: this attempt will not
-            # run, so the step is over (see abandon_step).
-            self._abandon(conn, saga_id, step, outcome_unknown, now)
-        return StepClaim(Claim.SKIP)
+        if row.status == T.RUNNING:
+            return StepClaim(Claim.WAIT, retry_in=max(0.05, row.heartbeat_at + lease - now))
+        if row.status == T.PENDING:  # a dependency is not done yet (a duplicate ran ahead)
+            return StepClaim(Claim.WAIT, retry_in=0.1)
+        return StepClaim(Claim.STOP)
 
-    def abandon_step(self, saga_id: str, step: str, *, outcome_unknown: bool) -> None:
-        """Give up on a RUNNING step the saga no longer waits for."""
-        with self._begin() as conn:
-            self._abandon(conn, saga_id, step, outcome_unknown, time.time())
-
-    def _abandon(
-        self, conn: Connection, saga_id: str, step: str, outcome_unknown: bool, now: float
-    ) -> None:
-        """A step whose last attempt failed cleanly is FAILED. One whose attempt died midway
-        (worker lost) may have had its effect: it is recorded COMPLETED with no result, so it is
-        compensated like the others (compensations must tolerate an effect that never
-        happened). Should the attempt still finish after all, it finds the row taken."""
-        if outcome_unknown:
-            values = {
-                "status": StepStatus.COMPLETED,
-                "error": "outcome unknown (its worker was lost): compensated in case it applied",
-            }
-        else:
-            values = {
-                "status": StepStatus.FAILED,
-                "error": "not retried: the saga stopped while this step was between attempts",
-            }
-        conn.execute(
-            update(saga_step)
-            .where(_step_key(saga_id, step), saga_step.c.status == StepStatus.RUNNING)
-            .values(finished_at=now, **values)
+    def heartbeat(self, saga_id: str, step: str, attempt: int, *, compensation: bool) -> bool:
+        """The attempt is alive: renew its lease. False when it no longer holds the step."""
+        status, counter = (
+            (T.COMPENSATING, saga_step.c.compensation_attempts)
+            if compensation
+            else (T.RUNNING, saga_step.c.attempts)
         )
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga_step)
+                .where(step_key(saga_id, step), saga_step.c.status == status, counter == attempt)
+                .values(heartbeat_at=self.clock())
+            )
+        return done.rowcount == 1
+
+    def poll_step(
+        self, saga_id: str, step: str, attempt: int, delay: float, next_token: str
+    ) -> bool:
+        """A sub-saga step keeps its attempt while it waits `delay` s for its child; only the
+        poll it sends itself (`next_token`) may resume it."""
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga_step)
+                .where(
+                    step_key(saga_id, step),
+                    saga_step.c.status == T.RUNNING,
+                    saga_step.c.attempts == attempt,
+                )
+                .values(heartbeat_at=self.clock() + delay, resume_token=next_token)
+            )
+        return done.rowcount == 1
+
+    def retry_step(self, saga_id: str, step: str, attempt: int, error: str, delay: float) -> bool:
+        """The attempt failed cleanly and another follows in `delay` s: RUNNING->PENDING, its
+        lease reserved until then. If the saga stopped meanwhile the step is FAILED instead
+        (a clean failure changed nothing). True when the retry should be sent."""
+        now = self.clock()
+        mine = (saga_step.c.attempts == attempt) & saga_step.c.status.in_(_RETRY_LATER)
+        active = exists().where(saga.c.id == saga_id, saga.c.status.in_(SAGA_ACTIVE))
+        with self._begin() as conn:
+            later = conn.execute(
+                update(saga_step)
+                .where(step_key(saga_id, step), mine, active)
+                .values(status=T.PENDING, error=error, heartbeat_at=now + delay)
+            )
+            if later.rowcount == 1:
+                self._event(conn, saga_id, "attempt", now, step=step, attempt=attempt, error=error)
+                return True
+            stopped = conn.execute(
+                update(saga_step)
+                .where(step_key(saga_id, step), mine)
+                .values(
+                    status=T.FAILED,
+                    error=f"not retried, the saga stopped: {error}",
+                    finished_at=now,
+                )
+            )
+            if stopped.rowcount == 1:
+                self._event(conn, saga_id, "step", now, step=step, status=T.FAILED, attempt=attempt)
+                self._try_finish_compensation(conn, saga_id, now)
+        return False
 
     def complete_step(
         self,
         saga_id: str,
         step: str,
+        attempt: int,
         result: Any,
         data: dict[str, Any] | None = None,
         *,
-        finish: bool = False,
-        status: StepStatus = StepStatus.COMPLETED,
+        status: StepStatus = T.COMPLETED,
+        duration_ms: float | None = None,
     ) -> tuple[bool, bool]:
-        """RUNNING->COMPLETED (or SKIPPED). With `finish` (the saga's last step) the saga is
-        marked COMPLETED in the same transaction. Returns (step done, saga done); the step is
-        not done when its row was no longer RUNNING (the saga gave up on it)."""
-        params = {
-            "sid": saga_id,
-            "step": step,
-            "now": time.time(),
-            "new_status": status,
-            "new_result": result,
-            "new_data": data,
-        }
-        if not self.is_sqlite:
-            query = sql.COMPLETE_AND_FINISH if finish else sql.COMPLETE_ONLY
-            with self._single_statement() as conn:
-                step_count, saga_count = conn.execute(query, params).one()
-            return step_count == 1, saga_count == 1
+        """RUNNING->COMPLETED (or SKIPPED) for the attempt that holds the step, then the saga
+        ->COMPLETED if that was its last step. Returns (step done, saga done). A step that
+        completes after its saga began compensating is recorded all the same: its
+        compensation is waiting for it."""
+        now = self.clock()
         with self._begin() as conn:
-            if conn.execute(sql.COMPLETE, params).rowcount != 1:
+            done = conn.execute(
+                update(saga_step)
+                .where(
+                    step_key(saga_id, step),
+                    saga_step.c.status.in_(step_move([T.RUNNING], status)),
+                    saga_step.c.attempts == attempt,
+                )
+                .values(status=status, result=result, data=data, finished_at=now)
+            )
+            if done.rowcount != 1:
                 return False, False
-            return True, finish and conn.execute(sql.FINISH, params).rowcount == 1
+            self._event(
+                conn,
+                saga_id,
+                "step",
+                now,
+                step=step,
+                status=status,
+                attempt=attempt,
+                duration_ms=duration_ms,
+            )
+            return True, self._try_finish(conn, saga_id, now)
 
-    def fail_step(self, saga_id: str, step: str, error: str) -> bool:
-        return self._update_step(
-            saga_id,
-            step,
-            (StepStatus.RUNNING,),
-            status=StepStatus.FAILED,
-            error=error,
-            finished_at=time.time(),
+    def _try_finish(self, conn: Connection, saga_id: str, now: float) -> bool:
+        unfinished = exists().where(
+            saga_step.c.saga_id == saga_id, saga_step.c.status.not_in(STEP_DONE)
         )
+        done = conn.execute(
+            update(saga)
+            .where(saga.c.id == saga_id, saga.c.status.in_(_FINISHED), ~unfinished)
+            .values(status=S.COMPLETED, updated_at=now, finished_at=now)
+        )
+        if done.rowcount == 1:
+            self._event(conn, saga_id, "saga", now, status=S.COMPLETED)
+            return True
+        return self._try_finish_compensation(conn, saga_id, now)
 
     def finish_saga(self, saga_id: str) -> bool:
         """Active->COMPLETED, only when every step is COMPLETED or SKIPPED."""
         with self._begin() as conn:
-            return self._finish_saga(conn, saga_id, time.time())
+            return self._try_finish(conn, saga_id, self.clock())
 
-    def _finish_saga(self, conn: Connection, saga_id: str, now: float) -> bool:
-        unfinished = exists().where(
-            saga_step.c.saga_id == saga_id,
-            saga_step.c.status.not_in((StepStatus.COMPLETED, StepStatus.SKIPPED)),
-        )
-        done = conn.execute(
-            update(saga)
-            .where(saga.c.id == saga_id, saga.c.status.in_(ACTIVE), ~unfinished)
-            .values(status=SagaStatus.COMPLETED, updated_at=now, finished_at=now)
-        )
-        return done.rowcount == 1
-
-    # -- compensation ---------------------------------------------------------------------
-
-    def fail_forward(self, saga_id: str, step: str, error: str) -> bool:
-        """A step after the pivot failed for good: the saga is FAILED, nothing is undone."""
-        now = time.time()
-        with self._begin() as conn:
-            done = conn.execute(
-                update(saga)
-                .where(saga.c.id == saga_id, saga.c.status.in_(ACTIVE))
-                .values(
-                    status=SagaStatus.FAILED,
-                    failed_step=step,
-                    error=f"step {step!r} failed after the pivot step, so the saga cannot be "
-                    f"compensated; fix the cause and run `sagaq retry {saga_id}`: {error}",
-                    updated_at=now,
-                    finished_at=now,
-                )
-            )
-        return done.rowcount == 1
-
-    def resume_compensation(self, saga_id: str) -> list[str] | None:
-        """FAILED (a compensation gave up) -> COMPENSATING again, its retry budget renewed.
-        Returns the steps still to undo, or None if the saga is not in that state."""
-        return self._resume(
-            saga_id,
-            SagaStatus.COMPENSATING,
-            {StepStatus.COMPENSATION_FAILED: StepStatus.COMPENSATING},
-            require=StepStatus.COMPENSATION_FAILED,
-            remaining=(StepStatus.COMPLETED, StepStatus.COMPENSATING, StepStatus.RUNNING),
-            reset={"compensation_attempts": 0, "compensation_error": None},
-        )
-
-    def resume_forward(self, saga_id: str) -> list[str] | None:
-        """FAILED after the pivot -> RUNNING again; failed and skipped steps back to PENDING.
-        Returns the steps still to run, or None if the saga is not in that state."""
-        return self._resume(
-            saga_id,
-            SagaStatus.RUNNING,
-            {StepStatus.FAILED: StepStatus.PENDING, StepStatus.SKIPPED: StepStatus.PENDING},
-            require=StepStatus.FAILED,
-            remaining=(StepStatus.PENDING, StepStatus.RUNNING),
-            reset={"attempts": 0, "error": None},
-        )
-
-    def _resume(
+    def fail_step(
         self,
         saga_id: str,
-        status: SagaStatus,
-        moves: dict[StepStatus, StepStatus],
+        step: str,
+        attempt: int,
+        error: str,
         *,
-        require: StepStatus,
-        remaining: Sequence[StepStatus],
-        reset: dict[str, Any],
-    ) -> list[str] | None:
-        now = time.time()
+        applied: bool = False,
+        result: Any = None,
+        forward: bool = False,
+    ) -> bool:
+        """The attempt failed for good: RUNNING->FAILED. `applied`: its effect may have
+        happened (timeout, unserializable result), so it is compensated like a completed step.
+        `forward` (a step after the pivot): the saga is FAILED for an operator, nothing is
+        undone. False when this attempt no longer holds the step."""
+        now = self.clock()
+        with self._begin() as conn:
+            done = conn.execute(
+                update(saga_step)
+                .where(
+                    step_key(saga_id, step),
+                    saga_step.c.status.in_(_GAVE_UP),
+                    saga_step.c.attempts == attempt,
+                )
+                .values(
+                    status=T.FAILED, error=error, applied=applied, result=result, finished_at=now
+                )
+            )
+            if done.rowcount != 1:
+                return False
+            self._event(
+                conn,
+                saga_id,
+                "step",
+                now,
+                step=step,
+                status=T.FAILED,
+                attempt=attempt,
+                error=error,
+            )
+            if forward:
+                message = (
+                    f"step {step!r} failed after the pivot (nothing is undone past it); fix "
+                    f"the cause and run `sagaq retry {saga_id}`: {error}"
+                )
+                moved = conn.execute(
+                    update(saga)
+                    .where(saga.c.id == saga_id, saga.c.status.in_(_FAILED_FORWARD))
+                    .values(
+                        status=S.FAILED,
+                        failed_step=step,
+                        error=message,
+                        updated_at=now,
+                        finished_at=now,
+                    )
+                )
+                if moved.rowcount == 1:
+                    self._event(conn, saga_id, "saga", now, status=S.FAILED, error=message)
+            else:
+                self._try_finish_compensation(conn, saga_id, now)  # a late sibling
+        return True
+
+    # -- operator: retry after the pivot ----------------------------------------------------
+
+    def resume_forward(self, saga_id: str, *, actor: str | None = None) -> list[str] | None:
+        """FAILED after the pivot -> RUNNING again; failed and skipped steps back to PENDING
+        with a fresh retry budget. Returns the steps still to run, or None if the saga is not
+        in that state."""
+        now = self.clock()
         steps = saga_step.c.saga_id == saga_id
         with self._begin() as conn:
             won = conn.execute(
                 update(saga)
                 .where(
                     saga.c.id == saga_id,
-                    saga.c.status == SagaStatus.FAILED,
-                    exists().where(steps, saga_step.c.status == require),
+                    saga.c.status.in_(_RESUMED),
+                    saga.c.cause.is_(None),  # not a compensation that gave up
+                    exists().where(steps, saga_step.c.status == T.FAILED),
                 )
-                .values(
-                    status=status, error=None, failed_step=None, updated_at=now, finished_at=None
-                )
+                .values(status=S.RUNNING, error=None, updated_at=now, finished_at=None)
             )
             if won.rowcount != 1:
                 return None
-            for old, new in moves.items():
-                conn.execute(
-                    update(saga_step)
-                    .where(steps, saga_step.c.status == old)
-                    .values(status=new, **(reset if old == require else {}))
-                )
+            conn.execute(
+                update(saga_step)
+                .where(steps, saga_step.c.status.in_(_RESET))
+                .values(status=T.PENDING, attempts=0, error=None, heartbeat_at=None)
+            )
+            self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor)
+            self._event(conn, saga_id, "saga", now, status=S.RUNNING)
             names = conn.execute(
-                select(saga_step.c.name).where(steps, saga_step.c.status.in_(remaining))
+                select(saga_step.c.name).where(steps, saga_step.c.status == T.PENDING)
             )
             return list(names.scalars())
-
-    # -- reading --------------------------------------------------------------------------
-
-    def get(self, saga_id: str) -> SagaRecord | None:
-        with self._begin() as conn:
-            head = conn.execute(select(saga).where(saga.c.id == saga_id)).first()
-            if head is None:
-                return None
-            steps = conn.execute(
-                select(saga_step)
-                .where(saga_step.c.saga_id == saga_id)
-                .order_by(saga_step.c.position)
-            ).all()
-        return saga_record(head, steps)
-
-    def list_sagas(
-        self,
-        *,
-        status: SagaStatus | None = None,
-        name: str | None = None,
-        since: float | None = None,
-        limit: int = 50,
-    ) -> list[SagaRecord]:
-        """Newest first, without step rows (use get() for those)."""
-        query = select(saga).order_by(saga.c.created_at.desc()).limit(limit)
-        if status is not None:
-            query = query.where(saga.c.status == status)
-        if name is not None:
-            query = query.where(saga.c.name == name)
-        if since is not None:
-            query = query.where(saga.c.created_at >= since)
-        with self._begin() as conn:
-            return [saga_record(row, []) for row in conn.execute(query)]
-
-    def unfinished(self, *, created_before: float, limit: int = 500) -> list[SagaRecord]:
-        """Sagas not yet terminal and older than `created_before`, oldest first (for the
-        sweeper; the status+created_at index keeps this flat however many sagas finished)."""
-        with self._begin() as conn:
-            heads = conn.execute(
-                select(saga)
-                .where(
-                    saga.c.status.in_((*ACTIVE, SagaStatus.COMPENSATING)),
-                    saga.c.created_at < created_before,
-                )
-                .order_by(saga.c.created_at)
-                .limit(limit)
-            ).all()
-            records = []
-            for head in heads:
-                steps = conn.execute(
-                    select(saga_step)
-                    .where(saga_step.c.saga_id == head.id)
-                    .order_by(saga_step.c.position)
-                ).all()
-                records.append(saga_record(head, steps))
-        return records
-
-    def touch(self, saga_id: str, seen_updated_at: float) -> bool:
-        """Claim a saga for a recovery action: only one sweeper wins per observed version."""
-        with self._begin() as conn:
-            done = conn.execute(
-                update(saga)
-                .where(saga.c.id == saga_id, saga.c.updated_at == seen_updated_at)
-                .values(updated_at=time.time())
-            )
-        return done.rowcount == 1

@@ -24,6 +24,7 @@ def upgrade() -> None:
     with op.batch_alter_table("saga_step") as batch:
         batch.add_column(sa.Column("task_id", sa.String(64)))
         batch.add_column(sa.Column("heartbeat_at", sa.Float()))
+        batch.add_column(sa.Column("resume_token", sa.String(80)))
         batch.add_column(
             sa.Column("applied", sa.Boolean(), nullable=False, server_default=sa.false())
         )
@@ -65,7 +66,7 @@ def downgrade() -> None:
     op.drop_index("ix_saga_event_saga_id_id", table_name="saga_event")
     op.drop_table("saga_event")
     with op.batch_alter_table("saga_step") as batch:
-        for column in ("undoable", "applied", "heartbeat_at", "task_id"):
+        for column in ("undoable", "applied", "resume_token", "heartbeat_at", "task_id"):
             batch.drop_column(column)
     with op.batch_alter_table("saga") as batch:
         batch.drop_column("cause")
