@@ -272,6 +272,28 @@ def test_a_queue_backlog_is_not_taken_for_lost_work(env: Any) -> None:
     assert ledger.of(handle.id, "do") == ["a", "b", "c"]  # b never ran twice
 
 
+def test_a_step_lost_with_its_worker_is_resumed_after_three_missed_heartbeats(env: Any) -> None:
+    """Issue 13: whatever its timeout, a dead worker's step is taken over once its lease (three
+    heartbeats, 0.6 s here) ran out - not after a 660 s lease."""
+    engine, ledger = env
+    store = engine.store
+    saga_id, _ = store.create_saga(
+        str(uuid.uuid4()), "sem_line", {}, ["a", "b", "c"], undoable=["a", "b", "c"]
+    )
+    store.mark_published(saga_id)
+    lost = store.claim_step(saga_id, "a", deps=[], wanted=[], token="dead-worker#0", lease=0.6)
+    assert lost.attempts == 1  # ... and its worker died: no heartbeat, no completion
+
+    assert engine.sweep().resumed == 0  # within its lease: left alone
+    time.sleep(0.7)
+    report = engine.sweep()
+
+    assert report.resumed == 1 and report.lost_steps == 1
+    result = engine.wait(saga_id, 20)
+    assert result.status == SagaStatus.COMPLETED and result.step("a").attempts == 2
+    assert ledger.of(saga_id, "do") == ["a", "b", "c"]
+
+
 # -- 5. effects that happened are compensated ---------------------------------------------------
 
 
