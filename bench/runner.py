@@ -320,7 +320,7 @@ class Runner:
                 conn.exec_driver_sql("DELETE FROM saga_step")
                 conn.exec_driver_sql("DELETE FROM saga")
             else:
-                conn.exec_driver_sql("TRUNCATE saga, saga_step")
+                conn.exec_driver_sql("TRUNCATE saga, saga_step, saga_event")
 
     @staticmethod
     def put(row: Row, system: str, value: float) -> None:

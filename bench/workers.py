@@ -182,7 +182,7 @@ def truncate(store_url: str) -> None:
         return
     engine = create_engine(_psycopg(store_url))
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE saga, saga_step"))
+        conn.execute(text("TRUNCATE saga, saga_step, saga_event"))
     engine.dispose()
 
 

@@ -275,9 +275,10 @@ class SagaQ:
         retry(self.runtime, self.saga(current.saga), saga_id, actor=actor)
         return self.status(saga_id)
 
-    def sweep(self, *, stall_after: float = 30.0) -> SweepReport:
+    def sweep(self, *, stall_after: float | None = None) -> SweepReport:
         """One recovery pass: re-publish lost work, resume stalled compensations, enforce
-        deadlines. Celery beat runs it as the `sagaq.sweep` task."""
+        deadlines. A saga counts as stalled after `stall_after` seconds without a sign of
+        life (default: one lease, three heartbeats). Celery beat runs it as `sagaq.sweep`."""
         return sweep(self.runtime, stall_after=stall_after)
 
     def status(self, saga_id: str) -> SagaResult:

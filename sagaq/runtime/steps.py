@@ -17,6 +17,10 @@ from sagaq.status import StepStatus
 from sagaq.store import Claim, StepClaim
 
 
+# Attempts lost with their worker (no outcome) allowed beyond the step's retries.
+LOST_ATTEMPTS = 3
+
+
 def context(saga: Saga, step: Step, saga_id: str, claim: StepClaim) -> StepContext:
     return StepContext(
         saga_id=saga_id,
@@ -74,7 +78,7 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
         emit(EventType.STEP_FAILED, error=error)
         return True
 
-    if attempt - 1 > budget:  # its earlier attempts were lost with their workers
+    if attempt - 1 > budget + LOST_ATTEMPTS:  # it keeps killing (or losing) its worker
         error = f"gave up after {attempt - 1} attempts whose workers were lost"
         give_up(error, applied=True)
         return Fail(NonRetryableError(error))

@@ -37,10 +37,12 @@ class SweepReport:
 
 
 def sweep(
-    rt: Runtime, *, stall_after: float = 30.0, now: float | None = None, page: int = PAGE
+    rt: Runtime, *, stall_after: float | None = None, now: float | None = None, page: int = PAGE
 ) -> SweepReport:
-    """One pass over (a page of) unfinished sagas older than `stall_after` seconds."""
+    """One pass over (a page of) unfinished sagas with no sign of life (a claim, a heartbeat,
+    a completion) for `stall_after` seconds - by default one lease, three missed heartbeats."""
     now = rt.store.clock() if now is None else now
+    stall_after = rt.lease if stall_after is None else stall_after
     report = SweepReport()
     records = rt.store.unfinished(
         created_before=now - stall_after, after=rt.sweep_cursor, limit=page

@@ -416,7 +416,7 @@ class SagaStore(CompensationTransitions):
             )
             if forward:
                 message = (
-                    f"step {step!r} failed after the pivot (nothing is undone past it); fix "
+                    f"step {step!r} failed after the pivot step (nothing is undone past it); fix "
                     f"the cause and run `sagaq retry {saga_id}`: {error}"
                 )
                 moved = conn.execute(

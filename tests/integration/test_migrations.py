@@ -93,7 +93,7 @@ def test_the_comparison_would_notice_a_column_the_migrations_lack(empty_url: str
 
 
 def test_upgrade_adopts_tables_the_store_created_and_then_does_nothing(empty_url: str) -> None:
-    SagaStore(empty_url).dispose()  # the tables the store creates on first use
+    SagaStore(empty_url).create_tables()  # what the store does on its first use
 
     adopted = upgrade(empty_url)
     again = upgrade(empty_url)

@@ -24,6 +24,7 @@ from sagaq.cli import cli
 from sagaq.embedded import embedded_app
 from sagaq.store import SagaStore
 from sagaq.store.migrate import head
+from tests import drive
 
 ENGINE: SagaQ | None = None  # the engine `--app tests.unit.test_cli:ENGINE` loads
 APP = "tests.unit.test_cli:ENGINE"
@@ -55,6 +56,7 @@ def store_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def engine(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[SagaQ]:
     built = build_engine(store_url)
+    built.store.create_tables()  # as a worker would on its first task
     monkeypatch.setattr(sys.modules[__name__], "ENGINE", built)
     yield built
     built.store.dispose()
@@ -97,16 +99,18 @@ def assert_one_line_error(result: Result, text: str) -> None:
 def failed_ticket(store: SagaStore) -> str:
     """A ticket saga whose payment failed and whose `hold` could not be undone."""
     saga_id, _ = store.create_saga(
-        str(uuid.uuid4()), "ticket", {"ticket_id": "t-1"}, ["hold", "pay", "issue"]
+        str(uuid.uuid4()),
+        "ticket",
+        {"ticket_id": "t-1"},
+        ["hold", "pay", "issue"],
+        undoable=["hold"],
     )
     store.mark_published(saga_id)
-    store.claim_step(saga_id, "hold", [])
-    store.complete_step(saga_id, "hold", {"held": True})
-    store.claim_step(saga_id, "pay", ["hold"])
-    store.fail_step(saga_id, "pay", "card declined")
-    store.begin_compensation(saga_id, failed_step="pay")
-    store.claim_compensation(saga_id, "hold", [])
-    store.fail_compensation(saga_id, "hold", "seat service unavailable")
+    drive.complete(store, saga_id, "hold", {"held": True})
+    drive.fail(store, saga_id, "pay", "card declined", deps=["hold"])
+    store.begin_compensation(saga_id, cause="failure", failed_step="pay")
+    attempt = drive.claim_undo(store, saga_id, "hold")
+    store.fail_compensation(saga_id, "hold", attempt, "seat service unavailable")
     return saga_id
 
 
@@ -380,7 +384,9 @@ def test_db_upgrade_creates_then_leaves_alone(tmp_path: Path) -> None:
 
 def test_db_upgrade_adopts_tables_the_store_created(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'made-by-store.db'}"
-    SagaStore(url).dispose()
+    store = SagaStore(url)
+    store.create_tables()  # what the store does on its first use
+    store.dispose()
 
     result = sagaq("db", "upgrade", "--url", url)
 
