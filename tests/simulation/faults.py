@@ -53,8 +53,10 @@ class Faults:
         if rng.random() < 0.1:
             return cls()  # a clean run: everything must just work, without any sweep
         return cls(
-            **{name: (level * rng.choice([0.5, 1, 2]) if rng.random() < 0.5 else 0.0)
-               for name, level in levels.items()}
+            **{
+                name: (level * rng.choice([0.5, 1, 2]) if rng.random() < 0.5 else 0.0)
+                for name, level in levels.items()
+            }
         )
 
     def summary(self) -> str:

@@ -94,8 +94,6 @@ def _check_saga(sim: Sim, saga: Saga, record: SagaRecord, effectful: set[str]) -
 def _check_child(child: SagaRecord, parent: SagaRecord) -> list[str]:
     """A sub-saga follows its parent: a completed parent's last child completed, a
     compensated parent left no child standing."""
-    if parent.status == SagaStatus.COMPENSATED and child.status not in (
-        SagaStatus.COMPENSATED,
-    ):
+    if parent.status == SagaStatus.COMPENSATED and child.status not in (SagaStatus.COMPENSATED,):
         return [f"its parent is COMPENSATED but this sub-saga is {child.status}"]
     return []

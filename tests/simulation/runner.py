@@ -1,6 +1,6 @@
 """One schedule from a seed: draw sagas and faults, start them, walk, recover, check.
 
-    python -m tests.simulation.runner 1234      # replay seed 1234 and print its trace
+python -m tests.simulation.runner 1234      # replay seed 1234 and print its trace
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Outcome:
                 + (f" (known bug: {'; '.join(self.known)})" if self.known else ""),
                 *(f"  - {p}" for p in self.problems[:20]),
                 f"replay: {REPLAY.format(seed=self.seed)}",
-                f"trace ({len(self.trace)} events{', last ' + str(len(shown)) if len(shown) < len(self.trace) else ''}):",
+                f"trace ({len(self.trace)} events, the last {len(shown)} shown):",
                 *shown,
             ]
         )
@@ -169,13 +169,15 @@ def heal_and_retry(sim: Sim) -> None:
         if not record.error:
             sim.violation(f"[{sim.short(record.id)}] FAILED without a reason")
         saga = sim.sagas[record.name]
-        sim.act(f"operator retry [{sim.short(record.id)}]", lambda s=saga, i=record.id: retry(sim.rt, s, i))
+        label = f"operator retry [{sim.short(record.id)}]"
+        sim.act(label, lambda s=saga, i=record.id: retry(sim.rt, s, i))
         sim.run_until_quiet()
     recover(sim)
     for saga_id in sorted(sim.names):
         record = sim.store.get(saga_id)
         if record is not None and record.status == SagaStatus.FAILED:
-            sim.violation(f"[{sim.short(saga_id)}] still FAILED after an operator retry: {record.error}")
+            who = sim.short(saga_id)
+            sim.violation(f"[{who}] still FAILED after an operator retry: {record.error}")
 
 
 def _adopt_children(sim: Sim) -> None:

@@ -129,13 +129,33 @@ class Sim:
         if work is None or work.message is None:
             return
         what = f"{ctx.step} [{self.short(ctx.saga_id)}] attempt {ctx.attempt} {where}"
-        roll = self.rng.random()
-        if roll < self.faults.crash:
+        choice = self.at_checkpoint(where, ctx)
+        if choice == "crash":
             self.log(f"crash: worker dies {what}")
             raise SimCrash(where)
-        if hold or roll < self.faults.crash + self.faults.park:
+        if hold or choice == "park":
             self.log(f"stall: {what}" + (f" for {hold:g}s" if hold else ""))
             self.park(work, self.clock.now + hold)
+
+    # -- the decisions a schedule makes (scripted.py overrides them) ----------------------
+
+    def at_checkpoint(self, where: str, ctx: StepContext) -> str:
+        """At a checkpoint in user code: "crash", "park" or "go"."""
+        roll = self.rng.random()
+        if roll < self.faults.crash:
+            return "crash"
+        return "park" if roll < self.faults.crash + self.faults.park else "go"
+
+    def before_ack(self, message: Message) -> tuple[bool, bool]:
+        """(the worker dies before the ack, what Celery sends on the way out still left)."""
+        crash = self.rng.random() < self.faults.ack_crash
+        return crash, not crash or self.rng.random() < 0.5
+
+    def redelivery_delay(self, message: Message) -> float | None:
+        """When a message whose worker died comes back; None: never (lost)."""
+        if self.rng.random() < self.faults.lose:
+            return None
+        return self.rng.choice([0.0, 1.0, 3 * HEARTBEAT + 5])
 
     def park(self, work: Work, until: float) -> None:
         """Give control back to the scheduler; it resumes this greenlet (or kills it) later."""
@@ -220,10 +240,10 @@ class Sim:
         """What Celery does with the outcome; or the worker dies before the ack."""
         name = type(outcome).__name__
         detail = f" {outcome.delay:g}s" if isinstance(outcome, Retry) else ""
-        crash = self.rng.random() < self.faults.ack_crash
+        crash, sent = self.before_ack(message)
         self.log(f"  -> {name}{detail} {self.describe(message)}" + (" (no ack)" if crash else ""))
         # Dying before the ack: what Celery sent on the way out may or may not have left.
-        if not crash or self.rng.random() < 0.5:
+        if sent:
             if isinstance(outcome, Proceed):
                 for task, after in on_success(message.then):
                     self.send(task, after)
@@ -240,11 +260,11 @@ class Sim:
     def redeliver(self, message: Message, why: str) -> None:
         """acks_late: a message whose worker died comes back (soon, or after the visibility
         timeout), unless this schedule loses it."""
-        if self.rng.random() < self.faults.lose:
+        delay = self.redelivery_delay(message)
+        if delay is None:
             self.lost = True
             self.log(f"  lost: {self.describe(message)} ({why})")
             return
-        delay = self.rng.choice([0.0, 1.0, 3 * HEARTBEAT + 5])
         self.log(f"  redeliver in {delay:g}s: {self.describe(message)} ({why})")
         self.again(message, retries=message.retries, eta=self.clock.now + delay)
 
@@ -323,7 +343,8 @@ class Sim:
         if not pool:
             return False
         message = self.rng.choice(pool)
-        self.log(f"duplicate {self.describe(message)}" + (" (running)" if message in running else ""))
+        running_note = " (running)" if message in running else ""
+        self.log(f"duplicate {self.describe(message)}{running_note}")
         self.again(message, retries=message.retries, eta=self.clock.now)
         return True
 
@@ -392,7 +413,4 @@ class Sim:
     def run_until_quiet(self, budget: int = MAX_EVENTS) -> bool:
         """Run events until nothing can happen. False if `budget` events did not suffice
         (something keeps polling: a livelock)."""
-        for _ in range(budget):
-            if not self.step_once():
-                return True
-        return False
+        return any(not self.step_once() for _ in range(budget))

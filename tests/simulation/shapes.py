@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from sagaq import Saga, StepContext
+from sagaq import Saga
 from sagaq.definition import FailurePolicy
 from sagaq.tcc import Tcc
 from tests.simulation.effects import Hooks, do, undo

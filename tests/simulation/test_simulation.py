@@ -1,7 +1,7 @@
 """Deterministic simulation of sagas under faults (issue 9, section 3). See README.md here.
 
-    SAGAQ_SIM_SEEDS=100000 .venv/bin/pytest tests/simulation -k schedules   # more schedules
-    SAGAQ_SIM_SEED=1234 .venv/bin/pytest tests/simulation -k replay -s     # one, with trace
+SAGAQ_SIM_SEEDS=100000 .venv/bin/pytest tests/simulation -k schedules   # more schedules
+SAGAQ_SIM_SEED=1234 .venv/bin/pytest tests/simulation -k replay -s     # one, with trace
 """
 
 from __future__ import annotations
