@@ -71,8 +71,10 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
         rt.emit(type, saga_id, saga.name, step=step.name, attempt=attempt, **details)
 
     def give_up(error: str, *, applied: bool, result: Any = None) -> bool:
+        # A pivot that may have applied cannot be undone either: FAILED for an operator.
+        past = forward or (applied and step.pivot)
         if not store.fail_step(
-            saga_id, step.name, attempt, error, applied=applied, result=result, forward=forward
+            saga_id, step.name, attempt, error, applied=applied, result=result, forward=past
         ):
             return False
         emit(EventType.STEP_FAILED, error=error)
