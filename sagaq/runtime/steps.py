@@ -13,9 +13,8 @@ from sagaq.runtime.base import Delivery, Fail, Halt, Outcome, Proceed, Retry, Ru
 from sagaq.runtime.invoke import backoff_delay, call_user, describe, to_json
 from sagaq.runtime.launch import start_compensation
 from sagaq.runtime.subsagas import POLL_SECONDS, ChildPending, run_child
-from sagaq.status import StepStatus
+from sagaq.status import SAGA_ACTIVE, StepStatus
 from sagaq.store import Claim, StepClaim
-
 
 # Attempts lost with their worker (no outcome) allowed beyond the step's retries.
 LOST_ATTEMPTS = 3
@@ -63,7 +62,7 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
     if claim.outcome is Claim.WAIT:
         return Retry(claim.retry_in)
     if claim.outcome is not Claim.RUN:
-        return Halt()
+        return _refused(rt, saga_id, step)
     attempt = claim.attempts
     label = f"step {saga.name}.{step.name}"
 
@@ -130,6 +129,18 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
     if finished:
         rt.emit(EventType.SAGA_COMPLETED, saga_id, saga.name)
     return Proceed(StepStatus.COMPLETED.value)
+
+
+def _refused(rt: Runtime, saga_id: str, step: Step) -> Outcome:
+    """A redelivery of a step that failed for good while its saga is still active: the first
+    delivery's worker may have died before Celery sent the errback, so fail again (the errback
+    is idempotent) instead of leaving the saga to the sweeper."""
+    record = rt.store.get(saga_id)
+    if record is not None and record.status in SAGA_ACTIVE:
+        row = record.step(step.name)
+        if row.status == StepStatus.FAILED:
+            return Fail(NonRetryableError(row.error or f"step {step.name} failed"))
+    return Halt()
 
 
 def _storable(value: Any) -> Any:
