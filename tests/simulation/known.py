@@ -44,7 +44,41 @@ def _child_past_its_pivot(records: list[SagaRecord], sim: Sim) -> bool:
     return False
 
 
+def _pivot_lost_past_deadline(records: list[SagaRecord], sim: Sim) -> bool:
+    """The pivot's worker died (its row stays RUNNING, the lease runs out) and the deadline
+    passes: every new delivery's claim says EXPIRED, and the compensation it then starts is
+    refused because the pivot started. Nothing ever moves: RUNNING forever, sweeps included."""
+    now = sim.clock.now
+    for r in records:
+        pivot = next((s.name for s in sim.sagas[r.name].steps.values() if s.pivot), None)
+        expired = r.deadline_at is not None and r.deadline_at <= now
+        active = r.status in (SagaStatus.PENDING, SagaStatus.RUNNING)
+        if pivot and expired and active and r.step(pivot).status == StepStatus.RUNNING:
+            return True
+    return False
+
+
+def _retry_resets_steps_before_the_pivot(records: list[SagaRecord], sim: Sim) -> bool:
+    """An operator retry of a saga that FAILED after its pivot (resume_forward) puts every
+    FAILED or SKIPPED step back to PENDING, also steps before the pivot that a `when=` skipped.
+    Once the deadline passed, their claim says EXPIRED and compensation is refused (the pivot
+    completed): RUNNING forever."""
+    for r in records:
+        saga = sim.sagas[r.name]
+        pivot = next((s.name for s in saga.steps.values() if s.pivot), None)
+        if pivot is None or r.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
+            continue
+        before = saga.ancestors()[pivot] | (set(saga.steps) - saga.after_pivot() - {pivot})
+        if r.step(pivot).status == StepStatus.COMPLETED and any(
+            r.step(name).status == StepStatus.PENDING for name in before
+        ):
+            return True
+    return False
+
+
 KNOWN: dict[str, Callable[[list[SagaRecord], Sim], bool]] = {
+    "pivot lost past the deadline": _pivot_lost_past_deadline,
+    "operator retry resets steps before the pivot": _retry_resets_steps_before_the_pivot,
     "running step without compensation (issue 9 §1.6a)": _running_step_without_compensation,
     "sub-saga past its pivot": _child_past_its_pivot,
 }
