@@ -19,8 +19,6 @@ class Hooks(Protocol):
 
     def checkpoint(self, where: str, ctx: StepContext, *, hold: float = 0.0) -> None: ...
 
-    def saga_active(self, saga_id: str) -> bool: ...
-
     def violation(self, text: str) -> None: ...
 
 
@@ -49,7 +47,7 @@ def do(hooks: Hooks, ctx: StepContext) -> dict[str, Any]:
             raise NonRetryableError(f"{ctx.step} fails, not retryable")
         if kind == "transient" and ctx.attempt <= plan.get("times", 1):
             raise TransientError(f"{ctx.step} fails on attempt {ctx.attempt}")
-    hooks.ledger.do(ctx.idempotency_key, saga_active=hooks.saga_active(ctx.saga_id))
+    hooks.ledger.do(ctx.idempotency_key)
     hooks.checkpoint("after effect", ctx)
     return {"step": ctx.step}
 

@@ -75,13 +75,14 @@ def _check_saga(sim: Sim, saga: Saga, record: SagaRecord, effectful: set[str]) -
             settled = (StepStatus.FAILED, StepStatus.COMPENSATED)
             if culprit is None or rows[culprit].status not in settled or not rows[culprit].error:
                 problems.append(f"failed_step {culprit!r} did not fail")
+    for name in _late_starts(sim, record.id) & effectful:
+        if hist[name].applied and status != SagaStatus.COMPLETED:
+            problems.append(f"{name} started after the saga stopped and its effect stands")
     for name, h in hist.items():
         for dep in anc[name] & effectful:
             first = hist[dep]
             if h.last_undo and first.last_undo and first.last_undo < h.last_undo and h.dos:
                 problems.append(f"{dep} was undone before its dependent {name}")
-        if h.late_dos and h.applied and status != SagaStatus.COMPLETED:
-            problems.append(f"{name} started after the saga stopped and was never undone")
         if h.redone_after_undo and h.applied:
             problems.append(f"{name}'s effect landed after its undo and stands")
     if pivot and pivot in hist and hist[pivot].dos:
@@ -89,6 +90,18 @@ def _check_saga(sim: Sim, saga: Saga, record: SagaRecord, effectful: set[str]) -
         if undone:
             problems.append(f"the pivot {pivot} applied, yet {undone} were undone")
     return problems
+
+
+def _late_starts(sim: Sim, saga_id: str) -> set[str]:
+    """Steps whose attempt was claimed after the saga left the active states (and before an
+    operator retry made it active again), from the saga's history."""
+    stopped, late = False, set()
+    for event in sim.store.events(saga_id):
+        if event["kind"] == "saga":
+            stopped = event["status"] not in (SagaStatus.PENDING, SagaStatus.RUNNING)
+        elif stopped and event["kind"] == "step" and event["status"] == StepStatus.RUNNING:
+            late.add(str(event["step"]))
+    return late
 
 
 def _check_child(child: SagaRecord, parent: SagaRecord) -> list[str]:

@@ -20,7 +20,6 @@ class KeyHistory:
     last_undo: int | None = None
     undo_before_do: bool = False  # an undo found nothing to undo...
     redone_after_undo: bool = False  # ...or the effect landed again after being undone
-    late_dos: int = 0  # dos that ran when the saga was no longer active
 
 
 @dataclass
@@ -31,11 +30,10 @@ class Ledger:
     def _key(self, key: str) -> KeyHistory:
         return self.keys.setdefault(key, KeyHistory())
 
-    def do(self, key: str, *, saga_active: bool) -> None:
+    def do(self, key: str) -> None:
         self.seq += 1
         entry = self._key(key)
         entry.dos += 1
-        entry.late_dos += not saga_active
         if entry.first_do is None:
             entry.first_do = self.seq
         if not entry.applied and entry.undos:

@@ -28,7 +28,7 @@ from sagaq.runtime.launch import cancel, retry
 from sagaq.runtime.steps import execute_step
 from sagaq.runtime.sweeper import sweep
 from sagaq.runtime.undo import execute_compensation
-from sagaq.status import SAGA_ACTIVE, SagaStatus
+from sagaq.status import SagaStatus
 from sagaq.store import SagaStore
 from sagaq.store.schema import saga as saga_table
 from tests.simulation.canvas import Continuation, Message, leaves, on_failure, on_success
@@ -38,7 +38,7 @@ from tests.simulation.world import Queue, SimClock, SimHeartbeats
 
 HEARTBEAT = 10.0  # lease = 30 s
 STALL_AFTER = 30.0
-MAX_EVENTS = 3000
+MAX_EVENTS = 6000
 
 
 @dataclass
@@ -113,9 +113,6 @@ class Sim:
         return f"{message.task}{step} [{who}] {message.task_id}#{message.retries}"
 
     # -- hooks for user code (effects.py) ------------------------------------------------
-
-    def saga_active(self, saga_id: str) -> bool:
-        return self.status_of(saga_id) in SAGA_ACTIVE
 
     def status_of(self, saga_id: str) -> SagaStatus | None:
         with self.store._begin() as conn:

@@ -127,7 +127,7 @@ def plan_for(rng: random.Random, saga: Saga, fail_rate: float) -> dict[str, Any]
         elif undo_roll < 0.17:
             entry |= {"undo": "permanent"}
         elif undo_roll < 0.27:
-            entry |= {"undo": "slow", "slow": rng.choice([5.0, 45.0, 120.0])}
+            entry |= {"undo": "slow", "slow": rng.choice([5.0, 35.0])}
         plan[step] = entry
     when = {step: rng.random() < 0.6 for step in saga.steps}
     return {"plan": plan, "when": when}
