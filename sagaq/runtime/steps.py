@@ -132,14 +132,17 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
 
 
 def _refused(rt: Runtime, saga_id: str, step: Step) -> Outcome:
-    """A redelivery of a step that failed for good while its saga is still active: the first
-    delivery's worker may have died before Celery sent the errback, so fail again (the errback
-    is idempotent) instead of leaving the saga to the sweeper."""
+    """A redelivery of a step that already ended while its saga is still active: the first
+    delivery's worker may have died before Celery sent what follows, so do it again instead of
+    leaving the saga to the sweeper. Failed for good: fail again (the errback is idempotent).
+    Skipped by its `when`: let the canvas go on, as for a completed step."""
     record = rt.store.get(saga_id)
     if record is not None and record.status in SAGA_ACTIVE:
         row = record.step(step.name)
         if row.status == StepStatus.FAILED:
             return Fail(NonRetryableError(row.error or f"step {step.name} failed"))
+        if row.status == StepStatus.SKIPPED:
+            return Proceed(StepStatus.SKIPPED.value)
     return Halt()
 
 

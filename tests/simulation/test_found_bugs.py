@@ -75,3 +75,22 @@ def test_failed_step_redelivered_before_its_errback_left_still_compensates(world
     assert record.failed_step == "charge"
     assert record.step("reserve").status == StepStatus.COMPENSATED
     assert not sim.ledger.of(f"{saga_id}:reserve").applied
+
+
+def test_skipped_step_redelivered_before_its_chain_went_on_still_completes(world: World) -> None:
+    """Given a step whose `when` is false (SKIPPED) and whose worker dies before the ack,
+    before Celery sent the next task of the chain, when the message is redelivered, then the
+    chain goes on: the saga completes without a sweep (it stayed RUNNING)."""
+    sim = scripted(world, acks={"maybe.gift": [(True, False)]})
+    saga = Saga("maybe")
+    add_step(sim, saga, "gift", when=lambda ctx: False)
+    add_step(sim, saga, "ship", ["gift"])
+
+    saga_id = run(sim, saga, {})
+
+    record = world.store.get(saga_id)
+    assert record is not None
+    assert record.status == SagaStatus.COMPLETED, "\n".join(sim.trace)
+    assert record.step("gift").status == StepStatus.SKIPPED
+    assert sim.ledger.of(f"{saga_id}:ship").applied
+    assert sim.ledger.of(f"{saga_id}:gift").dos == 0
