@@ -29,7 +29,7 @@ from sagaq.store.schema import saga_event, saga_step
 from tests.simulation.faults import Faults
 from tests.simulation.invariants import check
 from tests.simulation.known import known_bugs
-from tests.simulation.scheduler import HEARTBEAT, STALL_AFTER, Sim
+from tests.simulation.scheduler import LEASE, STALL_AFTER, Sim
 from tests.simulation.shapes import Drawn, draw
 from tests.simulation.world import SimClock
 
@@ -144,7 +144,7 @@ def recover(sim: Sim) -> None:
     for _ in range(RECOVERY_ROUNDS):
         if not _unfinished(sim):
             return
-        sim.advance(sim.clock.now + max(STALL_AFTER, 3 * HEARTBEAT) + 1)
+        sim.advance(sim.clock.now + max(STALL_AFTER, LEASE) + 1)
         sim.act("recovery sweep", sim.sweep)
         if not sim.run_until_quiet():
             sim.violation(f"no quiescence after a recovery sweep: {_unfinished(sim)}")

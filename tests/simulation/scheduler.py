@@ -36,9 +36,12 @@ from tests.simulation.faults import Faults, SimCrash
 from tests.simulation.ledger import Ledger
 from tests.simulation.world import Queue, SimClock, SimHeartbeats
 
-HEARTBEAT = 10.0  # lease = 30 s
-STALL_AFTER = 30.0
-MAX_EVENTS = 6000
+# A short lease (3 s) keeps schedules cheap: waiting tasks poll every 0.1-2 s, so the wait for a
+# dead worker's lease costs deliveries in proportion to the lease.
+HEARTBEAT = 1.0
+LEASE = 3 * HEARTBEAT
+STALL_AFTER = LEASE  # the sweeper's default
+MAX_EVENTS = 10000
 
 
 @dataclass
@@ -152,7 +155,7 @@ class Sim:
         """When a message whose worker died comes back; None: never (lost)."""
         if self.rng.random() < self.faults.lose:
             return None
-        return self.rng.choice([0.0, 1.0, 3 * HEARTBEAT + 5])
+        return self.rng.choice([0.0, 0.1, LEASE + 0.5])
 
     def park(self, work: Work, until: float) -> None:
         """Give control back to the scheduler; it resumes this greenlet (or kills it) later."""
@@ -356,7 +359,7 @@ class Sim:
         return True
 
     def fault_jump(self, ready: list[Message]) -> bool:
-        by = self.rng.choice([0.5, 3 * HEARTBEAT + 1, STALL_AFTER + 5, 100.0, 500.0])
+        by = self.rng.choice([0.05, LEASE + 0.1, STALL_AFTER + 0.5, 10.0, 50.0])
         self.log(f"clock +{by:g}s")
         self.advance(self.clock.now + by)
         return True

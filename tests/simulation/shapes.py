@@ -39,7 +39,7 @@ def _options(rng: random.Random) -> dict[str, Any]:
         "compensation_retry": rng.choice([0, 1, 2, 3]),
         "compensation_backoff": rng.choice([0.05, 0.5, 2.0]),
         "forward_retry": rng.choice([0, 1, 3]),
-        "deadline": rng.choice([None, None, None, 20.0, 90.0, 400.0]),
+        "deadline": rng.choice([None, None, None, 2.0, 9.0, 40.0]),
     }
 
 
@@ -127,7 +127,7 @@ def plan_for(rng: random.Random, saga: Saga, fail_rate: float) -> dict[str, Any]
         elif undo_roll < 0.17:
             entry |= {"undo": "permanent"}
         elif undo_roll < 0.27:
-            entry |= {"undo": "slow", "slow": rng.choice([5.0, 35.0])}
+            entry |= {"undo": "slow", "slow": rng.choice([0.5, 0.5, 4.0])}
         plan[step] = entry
     when = {step: rng.random() < 0.6 for step in saga.steps}
     return {"plan": plan, "when": when}
