@@ -102,13 +102,14 @@ def run_schedule(world: World, seed: int) -> Outcome:
     faults = Faults.draw(rng)
     sagas: dict[str, Saga] = {}
     sim = Sim(seed, world.store, world.clock, world.app, sagas, faults, rng)
+    sim.fault_budget = rng.choice([4, 12, 30])
     drawn: list[Drawn] = [draw(rng, f"s{i}", sim) for i in range(rng.choice([1, 1, 2]))]
     effectful: dict[str, set[str]] = {}
     for d in drawn:
         for saga in (d.saga, *d.children):
             sim.register(saga)
         effectful |= d.effectful
-    sim.log(f"seed {seed}; faults: {faults.summary()}")
+    sim.log(f"seed {seed}; up to {sim.fault_budget} faults: {faults.summary()}")
     for d in drawn:
         sim.log(f"saga {d.saga.name} ({d.kind}, {d.saga.failure_policy}): {_shape(d.saga)}")
         for child in d.children:

@@ -72,6 +72,7 @@ class Sim:
     healed: bool = False
     lost: bool = False  # a message or publish was lost: sweeps may be needed
     events: int = 0
+    fault_budget: int = 12
     task_ids: int = 0
     names: dict[str, str] = field(default_factory=dict)  # saga id -> short name
 
@@ -139,21 +140,29 @@ class Sim:
 
     # -- the decisions a schedule makes (scripted.py overrides them) ----------------------
 
+    def chance(self, p: float) -> bool:
+        """Does a fault of probability `p` happen now? Each schedule has a fault budget: the
+        rates are per event, and a saga that polls a lot must not draw faults for ever."""
+        if p <= 0 or self.fault_budget <= 0:
+            return False
+        hit = self.rng.random() < p
+        self.fault_budget -= hit
+        return hit
+
     def at_checkpoint(self, where: str, ctx: StepContext) -> str:
         """At a checkpoint in user code: "crash", "park" or "go"."""
-        roll = self.rng.random()
-        if roll < self.faults.crash:
+        if self.chance(self.faults.crash):
             return "crash"
-        return "park" if roll < self.faults.crash + self.faults.park else "go"
+        return "park" if self.chance(self.faults.park) else "go"
 
     def before_ack(self, message: Message) -> tuple[bool, bool]:
         """(the worker dies before the ack, what Celery sends on the way out still left)."""
-        crash = self.rng.random() < self.faults.ack_crash
+        crash = self.chance(self.faults.ack_crash)
         return crash, not crash or self.rng.random() < 0.5
 
     def redelivery_delay(self, message: Message) -> float | None:
         """When a message whose worker died comes back; None: never (lost)."""
-        if self.rng.random() < self.faults.lose:
+        if self.chance(self.faults.lose):
             return None
         return self.rng.choice([0.0, 0.1, LEASE + 0.5])
 
@@ -170,10 +179,10 @@ class Sim:
     def publish(self, sig: Signature) -> None:
         """rt.send: how the runtime publishes canvas."""
         work = self.current
-        if work is not None and self.rng.random() < self.faults.publish_park:
+        if work is not None and self.chance(self.faults.publish_park):
             self.log(f"stall: publish by {work.label}")
             self.park(work, self.clock.now)
-        if self.rng.random() < self.faults.publish_drop:
+        if self.chance(self.faults.publish_drop):
             self.lost = True
             self.log(f"lost: publish of {sig!r:.80}")
             return
@@ -319,12 +328,15 @@ class Sim:
 
     def inject(self, ready: list[Message]) -> bool:
         """Maybe one fault between deliveries. True when one happened."""
-        f, rng = self.faults, self.rng
-        roll = rng.random()
+        if self.fault_budget <= 0:
+            return False
+        roll = self.rng.random()
         for name in ("drop", "duplicate", "kill", "jump", "cancel", "retry", "sweep"):
-            chance: float = getattr(f, name)
+            chance: float = getattr(self.faults, name)
             if roll < chance:
-                return bool(getattr(self, f"fault_{name}")(ready))
+                happened = bool(getattr(self, f"fault_{name}")(ready))
+                self.fault_budget -= happened
+                return happened
             roll -= chance
         return False
 
