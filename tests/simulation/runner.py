@@ -29,7 +29,7 @@ from sagaq.store.schema import saga_event, saga_step
 from tests.simulation.faults import Faults
 from tests.simulation.invariants import check
 from tests.simulation.known import known_bugs
-from tests.simulation.scheduler import LEASE, STALL_AFTER, Sim
+from tests.simulation.scheduler import BEAT, LEASE, STALL_AFTER, Sim
 from tests.simulation.shapes import Drawn, draw
 from tests.simulation.world import SimClock
 
@@ -114,6 +114,7 @@ def run_schedule(world: World, seed: int) -> Outcome:
         sim.log(f"saga {d.saga.name} ({d.kind}, {d.saga.failure_policy}): {_shape(d.saga)}")
         for child in d.children:
             sim.log(f"  child {child.name}: {_shape(child)}")
+    sim.next_beat = world.clock.now + BEAT
     with deterministic(rng):
         for d in drawn:
             start(sim, d)
@@ -123,7 +124,7 @@ def run_schedule(world: World, seed: int) -> Outcome:
         _adopt_children(sim)
         stuck = _unfinished(sim)
         if stuck and not sim.lost and finished and not sim.problems:
-            sim.violation(f"not terminal without a sweep (nothing was lost): {stuck}")
+            sim.violation(f"not terminal without a sweep, though nothing was lost: {stuck}")
         recover(sim)
         heal_and_retry(sim)
     problems = sim.problems + (check(sim, effectful) if not sim.problems else [])
