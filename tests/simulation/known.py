@@ -76,7 +76,26 @@ def _retry_resets_steps_before_the_pivot(records: list[SagaRecord], sim: Sim) ->
     return False
 
 
+def _retry_leaves_out_a_lost_step(records: list[SagaRecord], sim: Sim) -> bool:
+    """An operator retry (resume_forward) re-publishes the PENDING steps only: a step whose
+    worker died while the saga was FAILED stays RUNNING, unclaimed, and its dependents poll
+    every 100 ms until a sweep re-publishes it."""
+    lease = sim.rt.lease
+    for r in records:
+        if r.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
+            continue
+        retried = any(e["kind"] == "operator" for e in sim.store.events(r.id))
+        lost = any(
+            s.status == StepStatus.RUNNING and (s.heartbeat_at or 0.0) + lease < sim.clock.now
+            for s in r.steps
+        )
+        if retried and lost:
+            return True
+    return False
+
+
 KNOWN: dict[str, Callable[[list[SagaRecord], Sim], bool]] = {
+    "operator retry leaves out a step whose worker died": _retry_leaves_out_a_lost_step,
     "pivot lost past the deadline": _pivot_lost_past_deadline,
     "operator retry resets steps before the pivot": _retry_resets_steps_before_the_pivot,
     "running step without compensation (issue 9 §1.6a)": _running_step_without_compensation,

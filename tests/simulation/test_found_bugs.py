@@ -12,7 +12,7 @@ from sagaq import Saga
 from sagaq.runtime.launch import retry
 from sagaq.status import SagaStatus, StepStatus
 from tests.simulation.runner import World, deterministic
-from tests.simulation.scripted import add_step, run, scripted
+from tests.simulation.scripted import add_step, operator_retry, run, scripted
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,124 @@ def test_skipped_step_redelivered_before_its_chain_went_on_still_completes(world
     assert record.step("gift").status == StepStatus.SKIPPED
     assert sim.ledger.of(f"{saga_id}:ship").applied
     assert sim.ledger.of(f"{saga_id}:gift").dos == 0
+
+
+# -- found, not fixed yet (the store or the plan needs a change; see known.py) ---------------
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9 §1.6a: compile_compensation leaves it out")
+def test_running_step_without_compensation_whose_worker_died_does_not_block_compensation(
+    world: World,
+) -> None:
+    """Given a step without a compensation whose worker died (its message lost) while a
+    sibling fails for good, then once its lease ran out the saga is COMPENSATED (its
+    ancestor's undo polled every 100 ms for ever: the compensation canvas leaves the step
+    out, so nothing writes it off)."""
+    sim = scripted(
+        world,
+        checkpoints={("notify", "before effect", 1): "crash"},
+        redeliveries={"mute.notify": None},
+    )
+    saga = Saga("mute")
+    add_step(sim, saga, "reserve")
+    add_step(sim, saga, "notify", ["reserve"], undoable=False)
+    add_step(sim, saga, "charge", ["reserve"])
+
+    saga_id = run(sim, saga, {"charge": {"fail": "permanent"}})
+
+    record = world.store.get(saga_id)
+    assert record is not None and record.status == SagaStatus.COMPENSATED, record
+    assert not sim.ledger.of(f"{saga_id}:reserve").applied
+
+
+@pytest.mark.xfail(strict=True, reason="claim says EXPIRED, compensation refused: stuck")
+def test_pivot_whose_worker_died_is_not_stuck_once_the_deadline_passed(world: World) -> None:
+    """Given a pivot whose worker dies before its effect, redelivered only after the deadline
+    passed, then the saga still ends (the pivot started before the deadline: it is run again,
+    or the saga is FAILED for an operator). It stayed RUNNING for ever: each claim said
+    EXPIRED and the compensation it started was refused because the pivot had started."""
+    sim = scripted(
+        world,
+        checkpoints={("pay", "before effect", 1): "crash"},
+        redeliveries={"late.pay": 5.0},
+    )
+    saga = Saga("late", deadline=2.0)
+    add_step(sim, saga, "reserve")
+    add_step(sim, saga, "pay", ["reserve"], pivot=True, undoable=False)
+
+    saga_id = run(sim, saga, {})
+
+    record = world.store.get(saga_id)
+    assert record is not None and record.status.is_terminal, record.status
+
+
+@pytest.mark.xfail(strict=True, reason="resume_forward resets every FAILED/SKIPPED step")
+def test_operator_retry_after_the_pivot_leaves_steps_before_it_alone(world: World) -> None:
+    """Given a saga that FAILED after its pivot, with a step before the pivot that its `when`
+    skipped, when an operator retries it after the deadline passed, then it completes. The
+    retry put the skipped step back to PENDING; its claim then said EXPIRED (it is before the
+    pivot) and compensation was refused (the pivot completed): RUNNING for ever."""
+    sim = scripted(world)
+    saga = Saga("resumed", deadline=2.0, forward_retry=0)
+    add_step(sim, saga, "gift", when=lambda ctx: False)
+    add_step(sim, saga, "pay", ["gift"], pivot=True, undoable=False)
+    add_step(sim, saga, "ship", ["pay"], undoable=False)
+    saga_id = run(sim, saga, {"ship": {"fail": "permanent"}})
+    record = world.store.get(saga_id)
+    assert record is not None and record.status == SagaStatus.FAILED
+
+    sim.advance(sim.clock.now + 10.0)  # the deadline passes while the operator fixes things
+    operator_retry(sim, saga, saga_id)
+
+    record = world.store.get(saga_id)
+    assert record is not None and record.status == SagaStatus.COMPLETED, record
+
+
+@pytest.mark.xfail(strict=True, reason="resume_forward re-publishes PENDING steps only")
+def test_operator_retry_runs_again_a_step_whose_worker_died(world: World) -> None:
+    """Given a saga past its pivot where one branch's worker died (message lost, the step
+    stays RUNNING) and the other branch failed for good (FAILED for an operator), when an
+    operator retries it, then it completes without a sweep. The retry re-published only the
+    PENDING and FAILED steps: the dead branch's dependent polled every 100 ms for ever."""
+    sim = scripted(
+        world,
+        checkpoints={("pack", "before effect", 1): "crash"},
+        redeliveries={"branches.pack": None},
+    )
+    saga = Saga("branches", forward_retry=0)
+    add_step(sim, saga, "pay", pivot=True, undoable=False)
+    add_step(sim, saga, "pack", ["pay"], undoable=False)
+    add_step(sim, saga, "ship", ["pack"], undoable=False)
+    add_step(sim, saga, "invoice", ["pay"], undoable=False)
+    saga_id = run(sim, saga, {"invoice": {"fail": "permanent"}})
+    record = world.store.get(saga_id)
+    assert record is not None and record.status == SagaStatus.FAILED
+
+    sim.advance(sim.clock.now + 10.0)  # the dead worker's lease ran out meanwhile
+    operator_retry(sim, saga, saga_id)
+
+    record = world.store.get(saga_id)
+    assert record is not None and record.status == SagaStatus.COMPLETED, record
+    assert sim.ledger.of(f"{saga_id}:ship").applied
+
+
+@pytest.mark.xfail(strict=True, reason="a child past its pivot counts as a plain failure")
+def test_sub_saga_failed_after_its_pivot_does_not_let_the_parent_compensate(world: World) -> None:
+    """Given a sub-saga whose child FAILED after its own pivot (its irreversible steps
+    happened), then the parent is not COMPENSATED as if the child had done nothing: it is
+    FAILED for an operator. The parent treated the child's FAILED as "did not complete",
+    compensated itself, and left the child's effects standing."""
+    sim = scripted(world)
+    child = Saga("kid", forward_retry=0)
+    add_step(sim, child, "commit", pivot=True, undoable=False)
+    add_step(sim, child, "notify", ["commit"], undoable=False)
+    parent = Saga("parent")
+    add_step(sim, parent, "reserve")
+    parent.sub_saga("delegate", "kid", input=lambda ctx: ctx.input["child"], depends_on=["reserve"])
+    kid_input = {"plan": {"notify": {"fail": "permanent"}}, "when": {}}
+
+    saga_id = run(sim, parent, {}, children=[child], child=kid_input)
+
+    record = world.store.get(saga_id)
+    assert record is not None
+    assert record.status != SagaStatus.COMPENSATED, "the child's pivot stands, undone nothing"
