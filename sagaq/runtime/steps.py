@@ -16,7 +16,6 @@ from sagaq.runtime.subsagas import POLL_SECONDS, ChildPending, run_child
 from sagaq.status import StepStatus
 from sagaq.store import Claim, StepClaim
 
-
 # Attempts lost with their worker (no outcome) allowed beyond the step's retries.
 LOST_ATTEMPTS = 3
 

@@ -12,13 +12,13 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert
+from sqlalchemy import Connection, Engine, and_, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sagaq.errors import StoreUnavailableError
 from sagaq.store.connect import first_line, forget_connections, make_engine
-from sagaq.store.schema import metadata, saga_event, saga_step
+from sagaq.store.schema import metadata, saga, saga_event, saga_step
 
 Clock = Callable[[], float]
 
@@ -88,6 +88,14 @@ class StoreBase:
                 yield conn
         except OperationalError as exc:
             raise self._unavailable(exc) from exc
+
+    def _lock_saga(self, conn: Connection, saga_id: str) -> None:
+        """PostgreSQL: take the saga's row lock first, so that transactions which may finish
+        the saga run one after the other and each sees what the previous one committed
+        (in READ COMMITTED every statement takes a fresh snapshot). SQLite runs writers one at
+        a time already."""
+        if not self.is_sqlite:
+            conn.execute(select(saga.c.id).where(saga.c.id == saga_id).with_for_update())
 
     def _event(self, conn: Connection, saga_id: str, kind: str, now: float, **fields: Any) -> None:
         """Append one history row, inside the transaction of the change it records."""

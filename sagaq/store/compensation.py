@@ -165,6 +165,7 @@ class CompensationTransitions(StoreReads):
         undone: the saga may be finished here), HALT (the saga FAILED) or STOP."""
         now = self.clock()
         with self._begin() as conn:
+            self._lock_saga(conn, saga_id)
             head = conn.execute(select(saga.c.status).where(saga.c.id == saga_id)).first()
             row = conn.execute(select(saga_step).where(step_key(saga_id, step))).first()
             if head is None or row is None:
@@ -273,6 +274,7 @@ class CompensationTransitions(StoreReads):
         Returns (step undone, saga done)."""
         now = self.clock()
         with self._begin() as conn:
+            self._lock_saga(conn, saga_id)
             done = conn.execute(
                 update(saga_step)
                 .where(
@@ -334,6 +336,7 @@ class CompensationTransitions(StoreReads):
     def finish_compensation(self, saga_id: str) -> bool:
         """COMPENSATING->COMPENSATED, unless some step is still to undo, running or failed."""
         with self._begin() as conn:
+            self._lock_saga(conn, saga_id)
             return self._try_finish_compensation(conn, saga_id, self.clock())
 
     def _try_finish_compensation(self, conn: Connection, saga_id: str, now: float) -> bool:

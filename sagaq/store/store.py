@@ -72,6 +72,7 @@ class SagaStore(CompensationTransitions):
                         headers=headers,
                         parent_id=parent_id,
                         parent_step=parent_step,
+                        steps_left=len(steps),
                         created_at=now,
                         updated_at=now,
                     )
@@ -293,6 +294,7 @@ class SagaStore(CompensationTransitions):
         mine = (saga_step.c.attempts == attempt) & saga_step.c.status.in_(_RETRY_LATER)
         active = exists().where(saga.c.id == saga_id, saga.c.status.in_(SAGA_ACTIVE))
         with self._begin() as conn:
+            self._lock_saga(conn, saga_id)
             later = conn.execute(
                 update(saga_step)
                 .where(step_key(saga_id, step), mine, active)
@@ -353,7 +355,17 @@ class SagaStore(CompensationTransitions):
                 attempt=attempt,
                 duration_ms=duration_ms,
             )
-            return True, self._try_finish(conn, saga_id, now)
+            return True, self._count_down(conn, saga_id, now)
+
+    def _count_down(self, conn: Connection, saga_id: str, now: float) -> bool:
+        """One forward step fewer to go; the last one finishes the saga."""
+        left = conn.execute(
+            update(saga)
+            .where(saga.c.id == saga_id)
+            .values(steps_left=saga.c.steps_left - 1)
+            .returning(saga.c.steps_left)
+        ).scalar()
+        return left == 0 and self._try_finish(conn, saga_id, now)
 
     def _try_finish(self, conn: Connection, saga_id: str, now: float) -> bool:
         unfinished = exists().where(
@@ -367,7 +379,7 @@ class SagaStore(CompensationTransitions):
         if done.rowcount == 1:
             self._event(conn, saga_id, "saga", now, status=S.COMPLETED)
             return True
-        return self._try_finish_compensation(conn, saga_id, now)
+        return False
 
     def finish_saga(self, saga_id: str) -> bool:
         """Active->COMPLETED, only when every step is COMPLETED or SKIPPED."""
@@ -391,6 +403,7 @@ class SagaStore(CompensationTransitions):
         undone. False when this attempt no longer holds the step."""
         now = self.clock()
         with self._begin() as conn:
+            self._lock_saga(conn, saga_id)
             done = conn.execute(
                 update(saga_step)
                 .where(
@@ -457,10 +470,15 @@ class SagaStore(CompensationTransitions):
             )
             if won.rowcount != 1:
                 return None
-            conn.execute(
+            reset = conn.execute(
                 update(saga_step)
                 .where(steps, saga_step.c.status.in_(_RESET))
                 .values(status=T.PENDING, attempts=0, error=None, heartbeat_at=None)
+            )
+            conn.execute(
+                update(saga)
+                .where(saga.c.id == saga_id)
+                .values(steps_left=saga.c.steps_left + reset.rowcount)
             )
             self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor)
             self._event(conn, saga_id, "saga", now, status=S.RUNNING)
