@@ -204,7 +204,9 @@ class Saga:
             if self._plan is not None:
                 raise DefinitionError(_registered(self.name))
             step_name = name or fn.__name__
-            _check_name(f"saga {self.name!r}: step", step_name, _NAME, "letters, digits and '_'")
+            _check_name(
+                "step", step_name, _NAME, "letters, digits and '_'", f"saga {self.name!r}: "
+            )
             if step_name in self.steps:
                 raise DefinitionError(f"saga {self.name!r}: duplicate step {step_name!r}")
             if len(self.steps) >= MAX_STEPS:
@@ -387,15 +389,17 @@ def _check_pivot_region(plan: SagaPlan, pivot: str) -> None:
             )
 
 
-def _check_name(what: str, name: str, pattern: re.Pattern[str], allowed: str) -> None:
+def _check_name(
+    kind: str, name: str, pattern: re.Pattern[str], allowed: str, where: str = ""
+) -> None:
     if not isinstance(name, str) or not pattern.fullmatch(name):
         raise DefinitionError(
-            f"invalid {what} name {name!r}: use {allowed}, not starting with a digit"
+            f"{where}invalid {kind} name {name!r}: use {allowed}, not starting with a digit"
         )
     if len(name) > MAX_NAME_LENGTH:
         raise DefinitionError(
-            f"invalid {what} name {name[:20]!r}...: {len(name)} characters, at most "
-            f"{MAX_NAME_LENGTH}"
+            f"{where}invalid {kind} name {name[:20]!r}...: {len(name)} characters, at most "
+            f"{MAX_NAME_LENGTH} (MAX_NAME_LENGTH)"
         )
 
 
