@@ -9,7 +9,11 @@ task only, the rest of the sequence following in the same flat chain:
 Never chord(group(b, c), chain(d, e)): every header task carries a copy of its chord's body,
 so a body holding the rest of the saga grows the message geometrically with each join (a
 chain of 10 diamonds froze into a 1 GB message). Celery 5.7 unrolls that form itself when it
-applies a chord, but not in `freeze()`; the flat form is what it would run anyway.
+applies a chord, but not in `freeze()`; the flat form is what it would run anyway. For the
+same reason a group followed by another group (the layers of a DAG that is not
+series-parallel) is not chord(g1, chord(g2, ...)) but chord(g1, barrier), chord(g2, ...), the
+barrier being Celery's built-in no-op `celery.accumulate` (one extra hop per such layer; a
+ladder of 9 layers nested was a 187 MB message).
 Everything here is iterative, so a 1,000-step line compiles without RecursionError.
 """
 
@@ -28,6 +32,7 @@ __all__ = [
     "COMPENSATION_DONE_TASK",
     "SAGA_DONE_TASK",
     "STEP_FAILED_TASK",
+    "BARRIER_TASK",
     "Leaf",
     "Par",
     "Seq",
@@ -43,6 +48,8 @@ __all__ = [
 STEP_FAILED_TASK = f"{SAGAQ_TASK_PREFIX}step_failed"
 SAGA_DONE_TASK = f"{SAGAQ_TASK_PREFIX}saga_done"
 COMPENSATION_DONE_TASK = f"{SAGAQ_TASK_PREFIX}compensation_done"
+# Registered in every Celery app (celery.app.builtins); returns its arguments, does nothing.
+BARRIER_TASK = "celery.accumulate"
 
 
 def step_task_name(saga: str, step: str) -> str:
@@ -63,7 +70,7 @@ def compensation_shape(saga: Saga, steps: Iterable[str]) -> Shape | None:
     return saga.plan.compensation_shape(steps)
 
 
-def _canvas(shape: Shape, leaf: Callable[[str], Signature], app: Celery | None) -> Signature:
+def _canvas(shape: Shape, leaf: Callable[[str], Signature], barrier: _Barrier) -> Signature:
     """Build bottom-up with an explicit stack (a deeply nested shape must not recurse)."""
     built: dict[int, Signature] = {}
     stack: list[tuple[Shape, bool]] = [(shape, False)]
@@ -77,19 +84,34 @@ def _canvas(shape: Shape, leaf: Callable[[str], Signature], app: Celery | None) 
         else:
             parts = [built.pop(id(part)) for part in node.parts]
             if isinstance(node, Par):
-                built[id(node)] = group(parts, app=app)
+                built[id(node)] = group(parts, app=barrier.app)
             else:
-                built[id(node)] = _sequence(parts, app)
+                built[id(node)] = _sequence(parts, barrier)
     return built[id(shape)]
 
 
-def _sequence(sigs: list[Signature], app: Celery | None) -> Signature:
+class _Barrier:
+    """Makes the no-op chord bodies that separate two groups in a row."""
+
+    def __init__(self, app: Celery | None, queue: str) -> None:
+        self.app = app
+        self.queue = queue
+
+    def __call__(self) -> Signature:
+        return _sig(self.app, BARRIER_TASK, {}, self.queue)
+
+
+def _sequence(sigs: list[Signature], barrier: _Barrier) -> Signature:
     """One flat chain in which every group followed by more work is an explicit chord over the
-    next element only, so no operator overload has to guess what was meant."""
+    next task only (or a barrier, when a group follows), so no operator overload has to guess
+    what was meant and no chord body nests the rest of the saga."""
+    app = barrier.app
     reversed_tail: list[Signature] = []  # the chain from the end, reversed
     for sig in reversed(sigs):
         if isinstance(sig, group) and reversed_tail:
-            sig = chord(sig, reversed_tail.pop(), app=app)
+            joins_a_group = isinstance(reversed_tail[-1], group | chord)
+            body = barrier() if joins_a_group else reversed_tail.pop()
+            sig = chord(sig, body, app=app)
         reversed_tail.append(sig)
     if len(reversed_tail) == 1:
         return reversed_tail[0]
@@ -98,16 +120,16 @@ def _sequence(sigs: list[Signature], app: Celery | None) -> Signature:
 
 
 def _with_finalizer(
-    shape: Shape, leaf: Callable[[str], Signature], done: Signature, app: Celery | None
+    shape: Shape, leaf: Callable[[str], Signature], done: Signature, barrier: _Barrier
 ) -> Signature:
     """Append the finalizer. When the canvas ends with a single task, that task finishes the
     saga itself (kwarg final=True, in the same transaction): one Celery hop fewer."""
     parts = list(shape.parts if isinstance(shape, Seq) else (shape,))
-    canvases = [_canvas(p, leaf, app) for p in parts]
+    canvases = [_canvas(p, leaf, barrier) for p in parts]
     if isinstance(parts[-1], Leaf):
         canvases[-1].kwargs["final"] = True
-        return _sequence(canvases, app)
-    return _sequence([*canvases, done], app)
+        return _sequence(canvases, barrier)
+    return _sequence([*canvases, done], barrier)
 
 
 def compile_saga(
@@ -128,7 +150,8 @@ def compile_saga(
     remaining = list(steps) if steps is not None else None
     if remaining == []:
         return done
-    return _with_finalizer(saga.plan.forward_shape(remaining), step_sig, done, app)
+    barrier = _Barrier(app, saga.queue)
+    return _with_finalizer(plan.forward_shape(remaining), step_sig, done, barrier)
 
 
 def compile_compensation(
@@ -151,7 +174,7 @@ def compile_compensation(
             saga.plan.queues[name],
         )
 
-    return _with_finalizer(shape, comp_sig, done, app)
+    return _with_finalizer(shape, comp_sig, done, _Barrier(app, saga.queue))
 
 
 def _sig(app: Celery | None, task: str, kwargs: dict[str, Any], queue: str | None) -> Signature:

@@ -108,11 +108,31 @@ def test_fan_out_of_eight_compiles_to_a_chord_of_eight() -> None:
 
 def test_dag_that_is_not_series_parallel_is_layered() -> None:
     assert forward_shape(NOT_SP) == Seq((Par((Leaf("a"), Leaf("b"))), Par((Leaf("c"), Leaf("d")))))
+    # Two groups in a row: a no-op barrier joins the first, instead of a chord nested in the
+    # body of another (each level multiplied the message size ~16-fold)
     assert describe(compile_saga(NOT_SP, "sid", app)) == (
-        "chord",
-        ["nsp.a", "nsp.b"],
-        ("chord", ["nsp.c", "nsp.d"], "sagaq.saga_done"),
+        "chain",
+        [
+            ("chord", ["nsp.a", "nsp.b"], "celery.accumulate"),
+            ("chord", ["nsp.c", "nsp.d"], "sagaq.saga_done"),
+        ],
     )
+
+
+def test_a_deep_layered_dag_stays_a_flat_linear_message() -> None:
+    # Given a "ladder" (a_i -> a_i+1, b_i -> b_i+1, a_i -> b_i+1): not series-parallel, so
+    # one layer per rung; nested chords made 9 rungs a 187 MB message
+    edges: dict[str, list[str]] = {}
+    for i in range(100):
+        edges[f"a{i}"] = [f"a{i - 1}"] if i else []
+        edges[f"b{i}"] = [f"b{i - 1}", f"a{i - 1}"] if i else []
+    backed = Celery("compiler-ladder", backend="cache+memory://", set_as_current=False)
+
+    canvas = compile_saga(make("ladder", edges), "sid", backed)
+
+    assert len(canvas.tasks) == 100  # one chord per rung, in one chain
+    canvas.freeze()
+    assert len(kombu_json.dumps(canvas)) < 500_000  # ~230 KB
 
 
 def test_independent_branches_of_different_lengths_stay_independent() -> None:

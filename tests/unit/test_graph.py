@@ -161,7 +161,7 @@ def _canvas_order(sig: Signature) -> tuple[list[str], set[tuple[str, str]]]:
             steps += part_steps
             order |= part_order
         return steps, order
-    if sig.task.startswith("sagaq."):
+    if sig.task.startswith(("sagaq.", "celery.")):  # finalizers and barriers undo nothing
         return [], set()
     return [sig.task.split(".")[1]], set()
 
