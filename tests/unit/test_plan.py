@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
 import pytest
 
 from sagaq import DefinitionError, Saga, StepContext
-from sagaq.plan import Leaf, Par, SagaPlan, Seq, plan_saga
+from sagaq.plan import Leaf, Par, SagaPlan, Seq, Shape, edges, leaves, plan_saga
 
 
 def noop(ctx: StepContext) -> None:
@@ -159,3 +160,46 @@ def test_a_thousand_step_line_plans_without_recursion_in_well_under_a_second() -
     assert len(plan.ancestors["s999"]) == 999 and plan.descendants["s0"] == set(plan.order[1:])
     assert isinstance(plan.forward, Seq) and len(plan.forward.parts) == 1000
     assert elapsed < 1.0  # ~8 ms measured; the number itself belongs in a benchmark
+
+
+def _precedence(shape: Shape) -> set[tuple[str, str]]:
+    """(x, y) when y starts only after x finished, in `shape`."""
+    after: dict[str, set[str]] = {}
+    pairs = edges(shape)
+    for a, b in pairs:
+        after.setdefault(a, set()).add(b)
+    closed: set[tuple[str, str]] = set()
+    for start in list(after):
+        stack, seen = list(after[start]), set()
+        while stack:
+            node = stack.pop()
+            if node not in seen:
+                seen.add(node)
+                stack.extend(after.get(node, ()))
+        closed |= {(start, node) for node in seen}
+    return closed
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_random_dags_plan_shapes_that_respect_every_dependency(seed: int) -> None:
+    # Given a random DAG of up to 9 steps, defined in a random order
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(rng.randint(1, 9))]
+    density = rng.random()
+    deps = {n: [m for m in names[:i] if rng.random() < density] for i, n in enumerate(names)}
+    saga = Saga(f"random{seed}")
+    for name in rng.sample(names, len(names)):
+        saga.step(name=name, depends_on=deps[name])(noop)
+    plan = saga.freeze()
+    subset = [n for n in names if rng.random() < 0.7] or names[:1]
+
+    # Then every shape holds each chosen step once and runs it after what it depends on,
+    # and undoes it before what it depends on
+    forward = plan.forward_shape(subset)
+    undo = plan.compensation_shape(subset)
+    assert undo is not None
+    assert sorted(leaves(forward)) == sorted(leaves(undo)) == sorted(subset)
+    needed = {(a, s) for s in subset for a in plan.ancestors[s] if a in subset}
+    assert needed <= _precedence(forward)
+    assert {(s, a) for a, s in needed} <= _precedence(undo)
+    assert all(plan.order.index(d) < plan.order.index(n) for n in names for d in deps[n])
