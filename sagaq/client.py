@@ -184,7 +184,7 @@ class SagaQ:
                 continue
             if known is not None:
                 raise DefinitionError(f"another saga named {saga.name!r} is already registered")
-            saga.validate()
+            saga.freeze()
             self._check_visibility_timeout(saga)
             install_saga_tasks(self.runtime, saga)
             self.sagas[saga.name] = saga

@@ -470,16 +470,17 @@ class SagaStore(CompensationTransitions):
             )
             if won.rowcount != 1:
                 return None
-            reset = conn.execute(
+            conn.execute(
                 update(saga_step)
                 .where(steps, saga_step.c.status.in_(_RESET))
                 .values(status=T.PENDING, attempts=0, error=None, heartbeat_at=None)
             )
-            conn.execute(
-                update(saga)
-                .where(saga.c.id == saga_id)
-                .values(steps_left=saga.c.steps_left + reset.rowcount)
+            left = (
+                select(func.count())
+                .where(steps, saga_step.c.status.not_in(STEP_DONE))
+                .scalar_subquery()
             )
+            conn.execute(update(saga).where(saga.c.id == saga_id).values(steps_left=left))
             self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor)
             self._event(conn, saga_id, "saga", now, status=S.RUNNING)
             names = conn.execute(
