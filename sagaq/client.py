@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from celery import Celery
@@ -33,6 +34,7 @@ from sagaq.runtime import (
 )
 from sagaq.status import SagaStatus, StepStatus
 from sagaq.store import SagaRecord, SagaStore, StepRecord
+from sagaq.store.history import SagaHistory
 
 
 @dataclass(frozen=True)
@@ -243,10 +245,13 @@ class SagaQ:
         )
         return SagaHandle(self, saga_id, created)
 
-    def cancel(self, saga_id: str, reason: str = "cancelled") -> SagaResult:
+    def cancel(
+        self, saga_id: str, reason: str = "cancelled", *, actor: str | None = None
+    ) -> SagaResult:
         """Stop a saga and compensate what it completed. Steps not yet started never start;
         a step already running finishes and is then undone (Python code cannot be stopped
-        safely mid-flight). Cancelling a finished saga raises InvalidStateError."""
+        safely mid-flight). Cancelling a finished saga raises InvalidStateError. `actor` (who
+        asked: an API token's name, "cli") is for the saga's history."""
         current = self.status(saga_id)
         saga = self.saga(current.saga)
         if not start_compensation(self.runtime, saga, saga_id, reason=f"cancelled: {reason}"):
@@ -254,9 +259,12 @@ class SagaQ:
             raise InvalidStateError(f"saga {saga_id} is {state}: there is nothing to cancel")
         return self.status(saga_id)
 
-    def retry(self, saga_id: str) -> SagaResult:
+    def retry(
+        self, saga_id: str, *, actor: str | None = None, reason: str | None = None
+    ) -> SagaResult:
         """Resume a FAILED saga: a compensation that gave up is tried again; a saga that
-        failed after its pivot step runs its remaining steps again."""
+        failed after its pivot step runs its remaining steps again. `actor` and `reason` are
+        for the saga's history."""
         current = self.status(saga_id)
         saga = self.saga(current.saga)
         undo = self.store.resume_compensation(saga_id)
@@ -275,6 +283,11 @@ class SagaQ:
         """One recovery pass: re-publish lost work, resume stalled compensations, enforce
         deadlines. Celery beat runs it as the `sagaq.sweep` task."""
         return sweep(self.runtime, stall_after=stall_after)
+
+    @cached_property
+    def history(self) -> SagaHistory:
+        """Find sagas, count them, read what happened to one (`sagaq.store.history`)."""
+        return SagaHistory(self.store)
 
     def status(self, saga_id: str) -> SagaResult:
         record = self.store.get(saga_id)

@@ -50,6 +50,16 @@ saga = Table(
     Index("ix_saga_created_at", "created_at"),
     Index("ix_saga_status_created_at", "status", "created_at"),
     Index("ix_saga_name_created_at", "name", "created_at"),
+    # Finding a saga by its business key across saga names (the unique key leads with name).
+    Index("ix_saga_idempotency_key", "idempotency_key"),
+    # Counts per status of one saga name, and its newest-first pages.
+    Index("ix_saga_name_status_created_at", "name", "status", "created_at"),
+    # Id-prefix search (`id LIKE 'ab12%'`) under any database collation.
+    Index(
+        "ix_saga_id_prefix",
+        "id",
+        postgresql_ops={"id": "varchar_pattern_ops"},
+    ).ddl_if(dialect="postgresql"),
 )
 
 saga_step = Table(
