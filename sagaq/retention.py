@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Select, delete, func, select
 
 from sagaq.errors import InvalidInputError
 from sagaq.status import SagaStatus
@@ -90,20 +90,35 @@ def purge(
     return PurgeReport(deleted, batches, round(time.monotonic() - started, 3))
 
 
+def count_purgeable(
+    store: SagaStore,
+    *,
+    older_than: float,
+    statuses: Iterable[SagaStatus | str] | None = None,
+    now: float | None = None,
+) -> int:
+    """How many sagas `purge` would delete now."""
+    cutoff = (time.time() if now is None else now) - older_than
+    query = select(func.count()).select_from(
+        _candidates(finished_statuses(statuses), cutoff).subquery()
+    )
+    with store.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def _candidates(statuses: tuple[SagaStatus, ...], cutoff: float) -> Select[tuple[str]]:
+    # The (status, created_at) index finds the oldest candidates without reading the rest.
+    return select(saga.c.id).where(
+        saga.c.status.in_(statuses),
+        saga.c.created_at < cutoff,
+        saga.c.finished_at < cutoff,  # a saga retried lately is kept
+    )
+
+
 def _purge_batch(
     store: SagaStore, statuses: tuple[SagaStatus, ...], cutoff: float, batch: int
 ) -> int:
-    # The (status, created_at) index finds the oldest candidates without reading the rest.
-    candidates = (
-        select(saga.c.id)
-        .where(
-            saga.c.status.in_(statuses),
-            saga.c.created_at < cutoff,
-            saga.c.finished_at < cutoff,  # a saga retried lately is kept
-        )
-        .order_by(saga.c.created_at)
-        .limit(batch)
-    )
+    candidates = _candidates(statuses, cutoff).order_by(saga.c.created_at).limit(batch)
     if not store.is_sqlite:
         candidates = candidates.with_for_update(skip_locked=True)  # never wait on a worker
     with store.engine.begin() as conn:

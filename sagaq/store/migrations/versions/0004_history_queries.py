@@ -19,14 +19,12 @@ depends_on = None
 def upgrade() -> None:
     op.create_index("ix_saga_idempotency_key", "saga", ["idempotency_key"])
     op.create_index("ix_saga_name_status_created_at", "saga", ["name", "status", "created_at"])
-    if op.get_context().dialect.name == "postgresql":
-        op.create_index(
-            "ix_saga_id_prefix", "saga", ["id"], postgresql_ops={"id": "varchar_pattern_ops"}
-        )
+    op.create_index(
+        "ix_saga_id_prefix", "saga", ["id"], postgresql_ops={"id": "varchar_pattern_ops"}
+    )
 
 
 def downgrade() -> None:
-    if op.get_context().dialect.name == "postgresql":
-        op.drop_index("ix_saga_id_prefix", table_name="saga")
+    op.drop_index("ix_saga_id_prefix", table_name="saga")
     op.drop_index("ix_saga_name_status_created_at", table_name="saga")
     op.drop_index("ix_saga_idempotency_key", table_name="saga")
