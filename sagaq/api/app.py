@@ -44,7 +44,7 @@ def create_app(
     check = TokenCheck(token, tokens)
     # FastAPI would serve /openapi.json and /docs to anyone: docs_router serves them instead.
     app = FastAPI(title="sagaq", description=DESCRIPTION, openapi_url=None, docs_url=None)
-    install_metrics(engine)
+    install_metrics(engine, store_gauges=True)
     install_error_handlers(app)
     install_dashboard_login(app)
     app.include_router(history_router(engine, check))

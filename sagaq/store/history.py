@@ -178,29 +178,40 @@ class SagaHistory:
             rows = conn.execute(union_all(*parts)).all()
         return StatusCounts({SagaStatus(s): n for s, n in rows}, cap)
 
-    def count_by_name_and_status(self, *, cap: int = COUNT_CAP) -> dict[tuple[str, str], int]:
-        """For the `sagaq_sagas{saga,status}` gauge: per status at most `cap` rows are read."""
+    def count_by_name_status_cause(
+        self, *, cap: int = COUNT_CAP
+    ) -> dict[tuple[str, SagaStatus, str | None], int]:
+        """For the `sagaq_sagas` gauges: per status at most `cap` rows are read, so the query
+        stays flat however many sagas the table holds."""
         capped = union_all(
             *(
-                select(saga.c.name, saga.c.status).where(saga.c.status == s).limit(cap)
-                for s in SagaStatus
+                select(saga.c.name, saga.c.status, saga.c.cause)
+                .where(saga.c.status == status)
+                .limit(cap)
+                for status in SagaStatus
             )
         ).subquery()
-        query = select(capped.c.name, capped.c.status, func.count()).group_by(
-            capped.c.name, capped.c.status
-        )
+        columns = (capped.c.name, capped.c.status, capped.c.cause)
+        query = select(*columns, func.count()).group_by(*columns)
         with self.store.engine.connect() as conn:
-            return {(name, status): n for name, status, n in conn.execute(query)}
+            return {(name, SagaStatus(st), cause): n for name, st, cause, n in conn.execute(query)}
 
-    def oldest_unfinished(self) -> dict[str, float]:
-        """Per saga name, when its oldest unfinished saga was created (alerts on stuck work)."""
+    def oldest_unfinished(self) -> dict[tuple[str, SagaStatus], float]:
+        """Per saga name and unfinished status, when the oldest such saga was created (alerts
+        on stuck work; unfinished sagas are few, and the status index finds them)."""
         query = (
-            select(saga.c.name, func.min(saga.c.created_at))
+            select(saga.c.name, saga.c.status, func.min(saga.c.created_at))
             .where(saga.c.status.in_(UNFINISHED))
-            .group_by(saga.c.name)
+            .group_by(saga.c.name, saga.c.status)
         )
         with self.store.engine.connect() as conn:
-            return {name: created for name, created in conn.execute(query)}
+            return {
+                (
+                    name,
+                    SagaStatus(st),
+                ): created
+                for name, st, created in conn.execute(query)
+            }
 
 
 _SUMMARY_COLUMNS = [saga.c[f.name] for f in fields(SagaSummary) if f.name in saga.c]
