@@ -32,12 +32,13 @@ CACHE_SECONDS = 10.0
 class _Reading:
     at: float
     counts: dict[tuple[str, SagaStatus, str | None], int]
-    oldest: dict[tuple[str, SagaStatus], float]
+    oldest: dict[tuple[str, SagaStatus], float]  # since when, per saga name and status
+    oldest_created: dict[str, float]  # the oldest unfinished saga's creation, per saga name
 
 
 class StoreGauges(Collector):
     """sagaq_sagas{saga,status}, sagaq_sagas_by_cause{saga,status,cause},
-    sagaq_oldest_unfinished_saga_age_seconds{saga}, sagaq_oldest_saga_age_seconds{saga,status}
+    sagaq_oldest_unfinished_saga_age_seconds{saga}, sagaq_longest_in_status_seconds{saga,status}
     and sagaq_saga_deadline_seconds{saga} (from the definitions, for the deadline alert)."""
 
     def __init__(self, engine: SagaQ, cache_seconds: float = CACHE_SECONDS) -> None:
@@ -52,7 +53,10 @@ class StoreGauges(Collector):
             if self._reading is None or now - self._reading.at >= self.cache_seconds:
                 history = self.engine.history
                 self._reading = _Reading(
-                    now, history.count_by_name_status_cause(), history.oldest_unfinished()
+                    now,
+                    history.count_by_name_status_cause(),
+                    history.oldest_unfinished(),
+                    history.oldest_created(),
                 )
             return self._reading
 
@@ -89,17 +93,20 @@ class StoreGauges(Collector):
             labels=["saga"],
         )
         per_status = GaugeMetricFamily(
-            "sagaq_oldest_saga_age_seconds",
-            "Age of the oldest saga in each unfinished status (0: none)",
+            "sagaq_longest_in_status_seconds",
+            "How long the longest-waiting saga has been in each unfinished status (0: none)",
             labels=["saga", "status"],
         )
+        created = reading.oldest_created
         for name in names:
             ages = {
-                status: max(reading.at - created, 0.0)
-                for (saga, status), created in reading.oldest.items()
+                status: max(reading.at - since, 0.0)
+                for (saga, status), since in reading.oldest.items()
                 if saga == name
             }
-            oldest.add_metric([name], max(ages.values(), default=0.0))
+            oldest.add_metric(
+                [name], max(reading.at - created[name], 0.0) if name in created else 0.0
+            )
             for status in UNFINISHED:
                 per_status.add_metric([name, status], ages.get(status, 0.0))
         yield oldest

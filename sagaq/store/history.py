@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, literal, select, tuple_, union_all
+from sqlalchemy import Select, and_, case, func, insert, literal, select, tuple_, union_all
 
 from sagaq.errors import InvalidInputError
 from sagaq.status import SagaStatus
@@ -197,21 +197,40 @@ class SagaHistory:
             return {(name, SagaStatus(st), cause): n for name, st, cause, n in conn.execute(query)}
 
     def oldest_unfinished(self) -> dict[tuple[str, SagaStatus], float]:
-        """Per saga name and unfinished status, when the oldest such saga was created (alerts
-        on stuck work; unfinished sagas are few, and the status index finds them)."""
+        """Per saga name and unfinished status, since when the longest-waiting saga has been in
+        that status: its creation for PENDING and RUNNING, the history's COMPENSATING event
+        for COMPENSATING (its creation when there is none). Unfinished sagas are few and the
+        status index finds them; each one's events are found by the (saga_id, id) index."""
+        entered = (
+            select(func.max(saga_event.c.at))
+            .where(
+                saga_event.c.saga_id == saga.c.id,
+                saga_event.c.kind == "saga",
+                saga_event.c.status == SagaStatus.COMPENSATING,
+            )
+            .scalar_subquery()
+        )
+        since = case(
+            (saga.c.status == SagaStatus.COMPENSATING, func.coalesce(entered, saga.c.created_at)),
+            else_=saga.c.created_at,
+        )
         query = (
-            select(saga.c.name, saga.c.status, func.min(saga.c.created_at))
+            select(saga.c.name, saga.c.status, func.min(since))
             .where(saga.c.status.in_(UNFINISHED))
             .group_by(saga.c.name, saga.c.status)
         )
         with self.store.engine.connect() as conn:
-            return {
-                (
-                    name,
-                    SagaStatus(st),
-                ): created
-                for name, st, created in conn.execute(query)
-            }
+            return {(name, SagaStatus(st)): at for name, st, at in conn.execute(query)}
+
+    def oldest_created(self) -> dict[str, float]:
+        """Per saga name, when its oldest unfinished saga was created."""
+        query = (
+            select(saga.c.name, func.min(saga.c.created_at))
+            .where(saga.c.status.in_(UNFINISHED))
+            .group_by(saga.c.name)
+        )
+        with self.store.engine.connect() as conn:
+            return {name: at for name, at in conn.execute(query)}
 
 
 _SUMMARY_COLUMNS = [saga.c[f.name] for f in fields(SagaSummary) if f.name in saga.c]
