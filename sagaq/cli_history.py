@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from sagaq.cli_views import duration, styled, timestamp
+from sagaq.cli_views import STYLES, duration, styled, timestamp
 from sagaq.status import SagaStatus
 from sagaq.store.history import EventRecord, SagaPage, StatusCounts
 
@@ -67,6 +67,13 @@ def page_json(page: SagaPage) -> list[dict[str, Any]]:
     ]
 
 
+def _status(status: str | None) -> str:
+    """Saga and step statuses in their colours; an operator's CANCEL or RETRY in bold."""
+    if status is None:
+        return ""
+    return styled(status) if status in STYLES else f"[bold]{escape(status)}[/]"
+
+
 def history_view(events: Sequence[EventRecord], started: float) -> RenderableType:
     """The saga's timeline, oldest first: time since the saga started, what, where, why."""
     table = Table(
@@ -83,7 +90,7 @@ def history_view(events: Sequence[EventRecord], started: float) -> RenderableTyp
             duration(max(e.at - started, 0.0) * 1000),
             e.kind,
             escape(e.step or ""),
-            styled(e.status) if e.status else "",
+            _status(e.status),
             str(e.attempt or ""),
             escape(where),
             duration(e.duration_ms),
