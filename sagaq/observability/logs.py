@@ -65,6 +65,8 @@ def install_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # Celery sets the root logger's level from the worker's --loglevel: sagaq's own keep theirs.
+    logging.getLogger("sagaq").setLevel(settings.log_level.upper())
     _format_celery_logs_with(formatter)
     return formatter
 
