@@ -21,6 +21,7 @@ from sagaq.errors import (
     UnknownSagaError,
 )
 from sagaq.observability.events import EventBus
+from sagaq.retention import install_purge_task
 from sagaq.runtime import (
     Runtime,
     SweepReport,
@@ -152,6 +153,7 @@ class SagaQ:
         self.runtime = Runtime(app, self.store, self.events, self.sagas)
         install_control_tasks(self.runtime)
         install_sweep_task(self.runtime)
+        install_purge_task(self)  # retention, for beat: see sagaq.retention.purge_schedule
 
     def register(self, *definitions: Saga | object) -> None:
         """Validate each saga and create its Celery tasks (`<saga>.<step>`). Takes Saga

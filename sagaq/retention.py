@@ -3,7 +3,8 @@
     sagaq purge --older-than 30d                      # COMPLETED and COMPENSATED sagas
     sagaq purge --older-than 90d --status FAILED      # FAILED ones too, once looked at
 
-or, on a schedule, `install_purge_task(engine)` and `purge_schedule("30d")` in beat_schedule.
+or, on a schedule: every engine has the `sagaq.purge` task; add `purge_schedule("30d")` to the
+app's beat_schedule to run it hourly.
 
 It deletes in small batches, each its own short transaction, so no lock is held for long and
 workers keep writing meanwhile. An unfinished saga (PENDING, RUNNING, COMPENSATING) is never
@@ -132,7 +133,8 @@ def _purge_batch(
 
 
 def install_purge_task(engine: SagaQ) -> Any:
-    """Register `sagaq.purge` on the engine's Celery app, for beat (see purge_schedule)."""
+    """Register `sagaq.purge` on the engine's Celery app (SagaQ does, as it does sagaq.sweep),
+    for beat: see purge_schedule."""
 
     @engine.app.task(name=PURGE_TASK, shared=False)
     def purge_task(older_than: str = "30d", statuses: list[str] | None = None) -> dict[str, Any]:

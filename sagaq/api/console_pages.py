@@ -8,12 +8,21 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from html import escape
-from importlib.resources import files
 from urllib.parse import urlencode
 
-from sagaq.api.pages import _compensations, _facts, _json, _short, _took, _when, badge, stylesheet
+from sagaq.api.pages import (
+    badge,
+    compact_json,
+    compensations_table,
+    facts_list,
+    shorten,
+    took,
+    when,
+)
+from sagaq.api.pages import (
+    page as whole_page,
+)
 from sagaq.api.step_graph import render_step_graph
 from sagaq.client import SagaResult
 from sagaq.status import SagaStatus
@@ -21,11 +30,6 @@ from sagaq.store.history import CAUSES, EventRecord, SagaPage, SagaSummary, Stat
 
 REFRESH_MS = 5000
 CAUSE_LABELS = {"cancel": "cancelled", "failure": "failed step", "deadline": "deadline"}
-
-
-@cache
-def script() -> str:
-    return files("sagaq.api").joinpath("static/dashboard.js").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -50,18 +54,6 @@ class ListQuery:
         } | changes
         query = urlencode({k: v for k, v in values.items() if v})
         return f"{root}{path}{'?' + query if query else ''}"
-
-
-def shell(title: str, body: str, root: str) -> str:
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)} · sagaq</title><style>{stylesheet()}</style></head>"
-        f'<body><header><a class="brand" href="{root}/dashboard">sagaq</a>'
-        f'<a href="{root}/dashboard">sagas</a><a href="{root}/docs">API</a>'
-        f'<span class="note" id="updated"></span></header><main>{body}</main>'
-        f"<script>{script()}</script></body></html>"
-    )
 
 
 # -- the list ---------------------------------------------------------------------------------
@@ -95,7 +87,9 @@ def list_page(
     # Only the first page follows new sagas; a later page stays put while it is read.
     watch = f' data-live="{escape(fragment)}"' if query.cursor is None else ""
     heading = f"Sagas{f' · {escape(query.saga)}' if query.saga else ''}"
-    return shell("sagas", f'<h1>{heading}</h1>{form}<div id="live"{watch}>{live}</div>', root)
+    return whole_page(
+        "sagas", f'<h1>{heading}</h1>{form}<div id="live"{watch}>{live}</div>', root, live=True
+    )
 
 
 def list_fragment(query: ListQuery, page: SagaPage, counts: StatusCounts, root: str) -> str:
@@ -145,9 +139,9 @@ def _list_row(s: SagaSummary, root: str) -> str:
         f'</td><td><a href="{root}/dashboard?{urlencode({"saga": s.name})}">{escape(s.name)}</a>'
         f'</td><td class="key">{escape(s.idempotency_key or "")}</td><td>{badge(s.status)}</td>'
         f"<td>{_cause_badge(s.cause)}</td><td>{escape(s.failed_step or '')}</td>"
-        f'<td class="error">{escape(_short(s.error or ""))}</td>'
-        f'<td class="nowrap">{_when(s.created_at)}</td>'
-        f'<td class="nowrap">{_took(s.duration_ms)}</td></tr>'
+        f'<td class="error">{escape(shorten(s.error or ""))}</td>'
+        f'<td class="nowrap">{when(s.created_at)}</td>'
+        f'<td class="nowrap">{took(s.duration_ms)}</td></tr>'
     )
 
 
@@ -180,7 +174,7 @@ def saga_page(view: SagaView, root: str, notice: str | None = None) -> str:
         f"<h1>{escape(r.saga)} <code>{escape(r.id)}</code></h1>{shown}"
         f'<div id="live" data-live="{fragment}">{live}</div>{_dialogs(view, root)}'
     )
-    return shell(f"{r.saga} {r.id[:8]}", body, root)
+    return whole_page(f"{r.saga} {r.id[:8]}", body, root, live=True)
 
 
 def saga_fragment(view: SagaView, root: str) -> str:
@@ -197,8 +191,8 @@ def saga_fragment(view: SagaView, root: str) -> str:
     return (
         f"{head}{_failure(view)}"
         '<div class="columns"><section>'
-        f'{_facts(r)}<h2>Steps</h2><div class="graph">{graph}</div>{_steps(view)}'
-        f"{_compensations(r)}</section>"
+        f'{facts_list(r)}<h2>Steps</h2><div class="graph">{graph}</div>{_steps(view)}'
+        f"{compensations_table(r)}</section>"
         f"<section><h2>Timeline</h2>{_timeline(view)}</section></div>"
     )
 
@@ -257,7 +251,7 @@ def _failure(view: SagaView) -> str:
     where = f"step <code>{escape(last.step)}</code>: " if last.step else ""
     return (
         '<div class="callout earlier"><strong>Earlier failure (before a retry)</strong>'
-        f"{_when(last.at)} · {where}{escape(last.error or '')}</div>"
+        f"{when(last.at)} · {where}{escape(last.error or '')}</div>"
     )
 
 
@@ -276,9 +270,9 @@ def _steps(view: SagaView) -> str:
     rows = "".join(
         f'<tr data-step="{escape(s.name)}"><td><code>{escape(s.name)}</code></td>'
         f'<td>{badge(s.status)}</td><td>{s.attempts}</td><td class="nowrap">'
-        f"{_took(s.duration_ms)}</td><td>{_flower(view, view.task_ids.get(s.name))}</td>"
+        f"{took(s.duration_ms)}</td><td>{_flower(view, view.task_ids.get(s.name))}</td>"
         f'<td class="error">{escape(s.error or "")}</td>'
-        f"<td><code>{escape(_short(_json(s.result), 80))}</code></td></tr>"
+        f"<td><code>{escape(shorten(compact_json(s.result), 80))}</code></td></tr>"
         for s in view.result.steps
     )
     return (
@@ -307,7 +301,7 @@ def _timeline(view: SagaView) -> str:
         if e.task_id:
             detail.append(f"task {_flower(view, e.task_id)}")
         if e.duration_ms is not None:
-            detail.append(_took(e.duration_ms))
+            detail.append(took(e.duration_ms))
         if e.actor:
             detail.append(f"by <b>{escape(e.actor)}</b>")
         if e.reason:
@@ -316,7 +310,7 @@ def _timeline(view: SagaView) -> str:
         items.append(
             f'<li class="event kind-{escape(e.kind)}" data-kind="{escape(e.kind)}" '
             f'data-status="{escape(e.status or "")}" data-step="{escape(e.step or "")}">'
-            f'<time title="{_when(e.at)}">+{_offset(e.at - start)}</time>'
+            f'<time title="{when(e.at)}">+{_offset(e.at - start)}</time>'
             f'<div>{" ".join(what)}<div class="muted">{" · ".join(detail)}</div>{error}</div></li>'
         )
     return f'<ol class="timeline">{"".join(items)}</ol>'

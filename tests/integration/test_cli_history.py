@@ -15,6 +15,8 @@ from sqlalchemy import update
 
 from sagaq import SagaQ, SagaStatus
 from sagaq.cli import cli
+from sagaq.errors import InvalidInputError
+from sagaq.retention import purge_schedule
 from sagaq.store.history import SagaHistory
 from sagaq.store.schema import saga as saga_table
 from tests.harness import Harness, harness
@@ -181,3 +183,19 @@ def test_purge_deletes_old_finished_sagas_and_never_unfinished_ones(hm: Harness)
     assert store.get(running) is not None
     assert refused.exit_code == 2 and "RUNNING" in refused.stderr
     assert store.get(old_failed.id).status == SagaStatus.FAILED  # type: ignore[union-attr]
+
+
+def test_the_beat_task_purges_like_the_command(hm: Harness) -> None:
+    old = hm.run("line", {})
+    age(hm, old.id, 40 * DAY)
+    task = hm.app.tasks["sagaq.purge"]  # every engine has it, like sagaq.sweep
+    schedule = purge_schedule("30d", every=600)
+
+    entry = schedule["sagaq-purge"]
+    done = task.apply_async(kwargs=entry["kwargs"], queue=hm.queue).get(timeout=20)
+
+    assert entry["task"] == task.name == "sagaq.purge" and entry["schedule"] == 600
+    assert done["sagas"] >= 1
+    assert hm.engine.store.get(old.id) is None
+    with pytest.raises(InvalidInputError, match="never purged"):
+        purge_schedule("30d", statuses=["COMPENSATING"])
