@@ -7,6 +7,7 @@ rows the store's transitions write; they pass once those writes are in (see the 
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -268,3 +269,20 @@ def test_metrics_have_the_gauges_from_the_store_and_the_duration_histograms(
     assert value("sagaq_saga_duration_seconds_count", saga="brittle", outcome="FAILED") >= 1
     assert value("sagaq_compensation_retries_total", saga="brittle", step="b2") >= 2
     assert value("sagaq_step_duration_seconds_count", saga="shared", step="x1") >= 1
+
+
+def test_with_a_flower_url_each_step_links_to_its_celery_task(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waits for the store to keep each step's task id (the integrator's leases)."""
+    monkeypatch.setenv("SAGAQ_FLOWER_URL", "http://flower.internal:5555/")
+    saga_id = h.engine.start("diamond", {}).id
+    h.engine.wait(saga_id, 30)
+
+    with serve_in_background(create_app(h.engine, tokens=TOKENS)) as url:
+        page = httpx.get(f"{url}/dashboard/sagas/{saga_id}", headers=ALICE, timeout=10).text
+
+    links = dict(re.findall(r'<tr data-step="(\w+)">.*?href="([^"]+/task/[^"]+)"', page))
+    assert set(links) == {"a", "b", "c", "d"}
+    assert all(link.startswith("http://flower.internal:5555/task/") for link in links.values())
+    assert len(set(links.values())) == 4  # each step its own task
