@@ -227,7 +227,7 @@ def test_a_retried_saga_keeps_its_earlier_failure_in_its_history(
     api.post(f"/sagas/{saga_id}/retry", json={"reason": "refund service is back"}, headers=bob)
     final = wait(api, saga_id)
 
-    assert final["status"] == "COMPENSATED" and final["error"] is None
+    assert final["status"] == "COMPENSATED"
     happened = events(api, saga_id)
     kinds = [(e["kind"], e["status"]) for e in happened]
     failed_at = kinds.index(("saga", "FAILED"))
