@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from celery import Celery
@@ -18,6 +19,7 @@ from sagaq.errors import (
     UnknownSagaError,
 )
 from sagaq.observability.events import EventBus
+from sagaq.retention import install_purge_task
 from sagaq.runtime import (
     Runtime,
     SweepReport,
@@ -32,6 +34,7 @@ from sagaq.runtime import (
 from sagaq.runtime.base import DEFAULT_HEARTBEAT
 from sagaq.status import SagaStatus, StepStatus
 from sagaq.store import SagaRecord, SagaStore, StepRecord
+from sagaq.store.history import SagaHistory
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class SagaQ:
         self.runtime = Runtime(app, self.store, self.events, self.sagas, heartbeat=beat)
         install_control_tasks(self.runtime)
         install_sweep_task(self.runtime)
+        install_purge_task(self)  # retention, for beat: see sagaq.retention.purge_schedule
 
     def register(self, *definitions: Saga | object) -> None:
         """Validate each saga and create its Celery tasks (`<saga>.<step>`). Takes Saga
@@ -263,16 +267,20 @@ class SagaQ:
         """Stop a saga and compensate what it did. Steps not yet started never start; a step
         already running finishes and is then undone (Python code cannot be stopped safely
         mid-flight); a running sub-saga is cancelled too. Raises InvalidStateError for a
-        finished saga and for one past its pivot step. `actor` is recorded in the history."""
+        finished saga and for one past its pivot step. `actor` (who asked: an API token's name,
+        "cli") is recorded in the saga's history."""
         current = self.status(saga_id)
         cancel(self.runtime, self.saga(current.saga), saga_id, reason, actor=actor)
         return self.status(saga_id)
 
-    def retry(self, saga_id: str, *, actor: str | None = None) -> SagaResult:
+    def retry(
+        self, saga_id: str, *, actor: str | None = None, reason: str | None = None
+    ) -> SagaResult:
         """Resume a FAILED saga: a compensation that gave up is tried again; a saga that
-        failed after its pivot step runs its remaining steps again."""
+        failed after its pivot step runs its remaining steps again. `actor` and `reason` are
+        for the saga's history."""
         current = self.status(saga_id)
-        retry(self.runtime, self.saga(current.saga), saga_id, actor=actor)
+        retry(self.runtime, self.saga(current.saga), saga_id, actor=actor, reason=reason)
         return self.status(saga_id)
 
     def sweep(self, *, stall_after: float | None = None) -> SweepReport:
@@ -280,6 +288,11 @@ class SagaQ:
         deadlines. A saga counts as stalled after `stall_after` seconds without a sign of
         life (default: one lease, three heartbeats). Celery beat runs it as `sagaq.sweep`."""
         return sweep(self.runtime, stall_after=stall_after)
+
+    @cached_property
+    def history(self) -> SagaHistory:
+        """Find sagas, count them, read what happened to one (`sagaq.store.history`)."""
+        return SagaHistory(self.store)
 
     def status(self, saga_id: str) -> SagaResult:
         record = self.store.get(saga_id)

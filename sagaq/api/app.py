@@ -11,14 +11,18 @@ the same sagas as the workers, and takes its token from SAGAQ_API_TOKEN.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import Field
 
 from sagaq.api.auth import TokenCheck
+from sagaq.api.console import console_router
 from sagaq.api.dashboard import dashboard_router, install_dashboard_login
 from sagaq.api.docs import docs_router
 from sagaq.api.errors import install_error_handlers
+from sagaq.api.history import history_router
 from sagaq.api.ops import ops_router
 from sagaq.api.sagas import sagas_router
 from sagaq.client import SagaQ
@@ -31,18 +35,23 @@ DESCRIPTION = """Start sagas, follow them, cancel them. Each registered saga has
 The dashboard is at [/dashboard](/dashboard)."""
 
 
-def create_app(engine: SagaQ, token: str | None = None) -> FastAPI:
+def create_app(
+    engine: SagaQ, token: str | None = None, *, tokens: Mapping[str, str] | None = None
+) -> FastAPI:
     """The API for `engine`'s registered sagas; `token` protects everything but /healthz and
-    /metrics (None: no auth)."""
-    check = TokenCheck(token)
+    /metrics (None: no auth). `tokens` are named tokens; the name is the actor of a cancel or
+    a retry in the saga's history."""
+    check = TokenCheck(token, tokens)
     # FastAPI would serve /openapi.json and /docs to anyone: docs_router serves them instead.
     app = FastAPI(title="sagaq", description=DESCRIPTION, openapi_url=None, docs_url=None)
-    install_metrics(engine)
+    install_metrics(engine, store_gauges=True)
     install_error_handlers(app)
     install_dashboard_login(app)
+    app.include_router(history_router(engine, check))
     app.include_router(sagas_router(engine, check))
     app.include_router(ops_router(engine))
     app.include_router(dashboard_router(engine, check))
+    app.include_router(console_router(engine, check))
     app.include_router(docs_router(app, check))
     app.state.engine = engine
     return app
@@ -50,6 +59,8 @@ def create_app(engine: SagaQ, token: str | None = None) -> FastAPI:
 
 class ApiSettings(Settings):
     app: str = "workers.main:engine"  # SAGAQ_APP: where the engine is
+    # SAGAQ_API_TOKENS: named tokens, {"alice": "<token>"}; the name is the actor in history.
+    api_tokens: dict[str, str] = Field(default_factory=dict)
 
 
 def load_engine(spec: str) -> SagaQ:
@@ -70,5 +81,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if "app" not in _built:
         settings = ApiSettings()
-        _built["app"] = create_app(load_engine(settings.app), settings.api_token)
+        _built["app"] = create_app(
+            load_engine(settings.app), settings.api_token, tokens=settings.api_tokens
+        )
     return _built["app"]

@@ -85,19 +85,11 @@ def summary(result: SagaResult) -> SagaSummary:
     return SagaSummary.model_validate(result, from_attributes=True)
 
 
-class SagaList(BaseModel):
-    sagas: list[SagaSummary] = Field(description="Newest first")
-
-
 class Started(BaseModel):
     id: str
     status: SagaStatus
     status_url: str
     created: bool = Field(description="False when the Idempotency-Key matched an earlier saga")
-
-
-class CancelRequest(BaseModel):
-    reason: str = Field(default="cancelled through the HTTP API", min_length=1)
 
 
 class Problem(BaseModel):

@@ -120,7 +120,8 @@ class CompensationTransitions(StoreReads):
             culprit = next((r for r in failed if r.name == failed_step), None)
             culprit = culprit or (failed[0] if failed and cause == "failure" else None)
             others = [r for r in failed if culprit is not None and r.name != culprit.name]
-            error = reason or (culprit.error if culprit else None)
+            error = f"cancelled: {reason}" if cause == "cancel" else reason
+            error = error or (culprit.error if culprit else None)
             if others and error:  # wait-all: the first failure in time, then the others
                 error += "; also failed: " + "; ".join(f"{r.name}: {r.error}" for r in others)
             conn.execute(
@@ -351,7 +352,9 @@ class CompensationTransitions(StoreReads):
             return True
         return False
 
-    def resume_compensation(self, saga_id: str, *, actor: str | None = None) -> list[str] | None:
+    def resume_compensation(
+        self, saga_id: str, *, actor: str | None = None, reason: str | None = None
+    ) -> list[str] | None:
         """FAILED (a compensation gave up) -> COMPENSATING again, its retry budget renewed.
         Returns the steps still to undo, or None if the saga is not in that state."""
         now = self.clock()
@@ -378,7 +381,9 @@ class CompensationTransitions(StoreReads):
                     heartbeat_at=None,  # no attempt holds it: the next claim takes it
                 )
             )
-            self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor)
+            self._event(
+                conn, saga_id, "operator", now, status="RETRY", actor=actor, reason=reason
+            )
             self._event(conn, saga_id, "saga", now, status=S.COMPENSATING)
             names = conn.execute(select(saga_step.c.name).where(steps, _unsettled()))
             return list(names.scalars())

@@ -53,6 +53,13 @@ saga = Table(
     Index("ix_saga_created_at", "created_at"),
     Index("ix_saga_status_created_at", "status", "created_at"),
     Index("ix_saga_name_created_at", "name", "created_at"),
+    # Finding a saga by its business key across saga names (the unique key leads with name).
+    Index("ix_saga_idempotency_key", "idempotency_key"),
+    # Counts per status of one saga name, and its newest-first pages.
+    Index("ix_saga_name_status_created_at", "name", "status", "created_at"),
+    # Id-prefix search (`id LIKE 'ab12%'`): the primary key serves it only under the C
+    # collation; pattern ops serve it under any. (On SQLite, a plain index, the same everywhere.)
+    Index("ix_saga_id_prefix", "id", postgresql_ops={"id": "varchar_pattern_ops"}),
 )
 
 saga_step = Table(

@@ -451,7 +451,9 @@ class SagaStore(CompensationTransitions):
 
     # -- operator: retry after the pivot ----------------------------------------------------
 
-    def resume_forward(self, saga_id: str, *, actor: str | None = None) -> list[str] | None:
+    def resume_forward(
+        self, saga_id: str, *, actor: str | None = None, reason: str | None = None
+    ) -> list[str] | None:
         """FAILED after the pivot -> RUNNING again; failed and skipped steps back to PENDING
         with a fresh retry budget. Returns the steps still to run, or None if the saga is not
         in that state."""
@@ -481,7 +483,9 @@ class SagaStore(CompensationTransitions):
                 .scalar_subquery()
             )
             conn.execute(update(saga).where(saga.c.id == saga_id).values(steps_left=left))
-            self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor)
+            self._event(
+                conn, saga_id, "operator", now, status="RETRY", actor=actor, reason=reason
+            )
             self._event(conn, saga_id, "saga", now, status=S.RUNNING)
             names = conn.execute(
                 select(saga_step.c.name).where(steps, saga_step.c.status == T.PENDING)
