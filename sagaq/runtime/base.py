@@ -60,6 +60,8 @@ class Runtime:
     def __post_init__(self) -> None:
         if self.heartbeats is None:
             self.heartbeats = Heartbeats(self.store, self.heartbeat)
+        if self.store.worker is None:
+            self.store.worker = self.hostname
 
     @property
     def lease(self) -> float:

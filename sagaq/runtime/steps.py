@@ -71,7 +71,14 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
 
     def give_up(error: str, *, applied: bool, result: Any = None) -> bool:
         if not store.fail_step(
-            saga_id, step.name, attempt, error, applied=applied, result=result, forward=forward
+            saga_id,
+            step.name,
+            attempt,
+            error,
+            applied=applied,
+            result=result,
+            forward=forward,
+            task_id=delivery.task_id,
         ):
             return False
         emit(EventType.STEP_FAILED, error=error)
@@ -89,7 +96,14 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
     with rt.heartbeats.hold(saga_id, step.name, attempt, compensation=False):
         try:
             if step.when is not None and not step.when(ctx):
-                store.complete_step(saga_id, step.name, attempt, None, status=StepStatus.SKIPPED)
+                store.complete_step(
+                    saga_id,
+                    step.name,
+                    attempt,
+                    None,
+                    status=StepStatus.SKIPPED,
+                    task_id=delivery.task_id,
+                )
                 return Proceed(StepStatus.SKIPPED.value)
             if step.sub_saga is not None:
                 result = run_child(rt, step, ctx, resumed=claim.resumed)
@@ -110,7 +124,9 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
             error = describe(exc)
             if not isinstance(exc, NonRetryableError) and attempt - 1 < budget:
                 delay = backoff_delay(step.backoff, attempt - 1)
-                if store.retry_step(saga_id, step.name, attempt, error, delay):
+                if store.retry_step(
+                    saga_id, step.name, attempt, error, delay, task_id=delivery.task_id
+                ):
                     emit(EventType.STEP_RETRYING, error=error)
                     return Retry(delay, exc)
                 return Halt()
@@ -119,7 +135,7 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
             return Halt()
     duration = round((time.perf_counter() - started) * 1000, 3)
     done, finished = store.complete_step(
-        saga_id, step.name, attempt, result, data, duration_ms=duration
+        saga_id, step.name, attempt, result, data, duration_ms=duration, task_id=delivery.task_id
     )
     if not done:
         return Halt()  # another attempt took the step over: it carries the canvas on

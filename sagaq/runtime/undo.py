@@ -67,7 +67,13 @@ def execute_compensation(
             if attempt - 1 < saga.compensation_retry:
                 delay = backoff_delay(saga.compensation_backoff, attempt - 1)
                 if store.retry_compensation(
-                    saga_id, step.name, attempt, error, delay, delivery.next_token
+                    saga_id,
+                    step.name,
+                    attempt,
+                    error,
+                    delay,
+                    delivery.next_token,
+                    task_id=delivery.task_id,
                 ):
                     emit(EventType.COMPENSATION_RETRYING, error=error)
                     return Retry(delay, exc)

@@ -32,6 +32,8 @@ class StoreBase:
         self.clock = clock
         self._create_tables = create_tables
         self._engine: Engine | None = None
+        # Who writes history rows from this process (the worker's hostname; see Runtime).
+        self.worker: str | None = None
         self._lock = threading.Lock()
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"  # a bad URL fails here
 
@@ -99,6 +101,8 @@ class StoreBase:
 
     def _event(self, conn: Connection, saga_id: str, kind: str, now: float, **fields: Any) -> None:
         """Append one history row, inside the transaction of the change it records."""
+        if kind in ("step", "compensation", "attempt"):
+            fields.setdefault("worker", self.worker)
         conn.execute(insert(saga_event).values(saga_id=saga_id, kind=kind, at=now, **fields))
 
 

@@ -241,6 +241,8 @@ class CompensationTransitions(StoreReads):
         error: str | None,
         delay: float,
         next_token: str,
+        *,
+        task_id: str | None = None,
     ) -> bool:
         """The undo failed (or waits for a sub-saga) and is tried again in `delay` s by the
         message `next_token`: the lease is reserved for it until then."""
@@ -265,6 +267,7 @@ class CompensationTransitions(StoreReads):
                     attempt=attempt,
                     error=error,
                     reason="compensation",
+                    task_id=task_id,
                 )
         return done.rowcount == 1
 
@@ -346,11 +349,13 @@ class CompensationTransitions(StoreReads):
             update(saga)
             .where(saga.c.id == saga_id, saga.c.status.in_(_COMPENSATED), ~unsettled)
             .values(status=S.COMPENSATED, updated_at=now, finished_at=now)
-        )
-        if done.rowcount == 1:
-            self._event(conn, saga_id, "saga", now, status=S.COMPENSATED)
-            return True
-        return False
+            .returning(saga.c.created_at)
+        ).first()
+        if done is None:
+            return False
+        took = round((now - done.created_at) * 1000, 3)
+        self._event(conn, saga_id, "saga", now, status=S.COMPENSATED, duration_ms=took)
+        return True
 
     def resume_compensation(
         self, saga_id: str, *, actor: str | None = None, reason: str | None = None
@@ -381,9 +386,7 @@ class CompensationTransitions(StoreReads):
                     heartbeat_at=None,  # no attempt holds it: the next claim takes it
                 )
             )
-            self._event(
-                conn, saga_id, "operator", now, status="RETRY", actor=actor, reason=reason
-            )
+            self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor, reason=reason)
             self._event(conn, saga_id, "saga", now, status=S.COMPENSATING)
             names = conn.execute(select(saga_step.c.name).where(steps, _unsettled()))
             return list(names.scalars())

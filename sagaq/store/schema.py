@@ -46,7 +46,7 @@ saga = Table(
     Column("parent_step", String(200)),  # the parent's step that runs this saga as a sub-saga
     # Forward steps not yet COMPLETED or SKIPPED: the completion that brings it to 0 finishes the
     # saga (a counter, because parallel last steps committing at once cannot see each other).
-    Column("steps_left", Integer, nullable=False, default=0),
+    Column("steps_left", Integer, nullable=False, default=0, server_default="0"),
     # Why compensation began: "failure", "cancel" or "deadline" (None while it has not).
     Column("cause", String(16)),
     UniqueConstraint("name", "idempotency_key", name="uq_saga_name_idempotency_key"),

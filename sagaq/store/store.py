@@ -286,7 +286,16 @@ class SagaStore(CompensationTransitions):
             )
         return done.rowcount == 1
 
-    def retry_step(self, saga_id: str, step: str, attempt: int, error: str, delay: float) -> bool:
+    def retry_step(
+        self,
+        saga_id: str,
+        step: str,
+        attempt: int,
+        error: str,
+        delay: float,
+        *,
+        task_id: str | None = None,
+    ) -> bool:
         """The attempt failed cleanly and another follows in `delay` s: RUNNING->PENDING, its
         lease reserved until then. If the saga stopped meanwhile the step is FAILED instead
         (a clean failure changed nothing). True when the retry should be sent."""
@@ -301,7 +310,16 @@ class SagaStore(CompensationTransitions):
                 .values(status=T.PENDING, error=error, heartbeat_at=now + delay)
             )
             if later.rowcount == 1:
-                self._event(conn, saga_id, "attempt", now, step=step, attempt=attempt, error=error)
+                self._event(
+                    conn,
+                    saga_id,
+                    "attempt",
+                    now,
+                    step=step,
+                    attempt=attempt,
+                    error=error,
+                    task_id=task_id,
+                )
                 return True
             stopped = conn.execute(
                 update(saga_step)
@@ -313,7 +331,16 @@ class SagaStore(CompensationTransitions):
                 )
             )
             if stopped.rowcount == 1:
-                self._event(conn, saga_id, "step", now, step=step, status=T.FAILED, attempt=attempt)
+                self._event(
+                    conn,
+                    saga_id,
+                    "step",
+                    now,
+                    step=step,
+                    status=T.FAILED,
+                    attempt=attempt,
+                    task_id=task_id,
+                )
                 self._try_finish_compensation(conn, saga_id, now)
         return False
 
@@ -327,6 +354,7 @@ class SagaStore(CompensationTransitions):
         *,
         status: StepStatus = T.COMPLETED,
         duration_ms: float | None = None,
+        task_id: str | None = None,
     ) -> tuple[bool, bool]:
         """RUNNING->COMPLETED (or SKIPPED) for the attempt that holds the step, then the saga
         ->COMPLETED if that was its last step. Returns (step done, saga done). A step that
@@ -354,6 +382,7 @@ class SagaStore(CompensationTransitions):
                 status=status,
                 attempt=attempt,
                 duration_ms=duration_ms,
+                task_id=task_id,
             )
             return True, self._count_down(conn, saga_id, now)
 
@@ -375,11 +404,13 @@ class SagaStore(CompensationTransitions):
             update(saga)
             .where(saga.c.id == saga_id, saga.c.status.in_(_FINISHED), ~unfinished)
             .values(status=S.COMPLETED, updated_at=now, finished_at=now)
-        )
-        if done.rowcount == 1:
-            self._event(conn, saga_id, "saga", now, status=S.COMPLETED)
-            return True
-        return False
+            .returning(saga.c.created_at)
+        ).first()
+        if done is None:
+            return False
+        took = round((now - done.created_at) * 1000, 3)
+        self._event(conn, saga_id, "saga", now, status=S.COMPLETED, duration_ms=took)
+        return True
 
     def finish_saga(self, saga_id: str) -> bool:
         """Active->COMPLETED, only when every step is COMPLETED or SKIPPED."""
@@ -396,6 +427,7 @@ class SagaStore(CompensationTransitions):
         applied: bool = False,
         result: Any = None,
         forward: bool = False,
+        task_id: str | None = None,
     ) -> bool:
         """The attempt failed for good: RUNNING->FAILED. `applied`: its effect may have
         happened (timeout, unserializable result), so it is compensated like a completed step.
@@ -426,6 +458,7 @@ class SagaStore(CompensationTransitions):
                 status=T.FAILED,
                 attempt=attempt,
                 error=error,
+                task_id=task_id,
             )
             if forward:
                 message = (
@@ -483,9 +516,7 @@ class SagaStore(CompensationTransitions):
                 .scalar_subquery()
             )
             conn.execute(update(saga).where(saga.c.id == saga_id).values(steps_left=left))
-            self._event(
-                conn, saga_id, "operator", now, status="RETRY", actor=actor, reason=reason
-            )
+            self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor, reason=reason)
             self._event(conn, saga_id, "saga", now, status=S.RUNNING)
             names = conn.execute(
                 select(saga_step.c.name).where(steps, saga_step.c.status == T.PENDING)

@@ -161,7 +161,7 @@ def test_events_of_a_saga_come_back_in_the_order_they_happened(store: SagaStore)
     history.record(other, "saga", status="COMPLETED")
     history.record(saga_id, "operator", status="RETRY", actor="alice", reason="card fixed")
 
-    events = history.events(saga_id)
+    events = history.events(saga_id)[1:]  # after the row the store wrote when it was created
 
     assert [(e.kind, e.status, e.actor) for e in events] == [
         ("step", "FAILED", None),

@@ -22,8 +22,6 @@ def upgrade() -> None:
         batch.add_column(sa.Column("parent_step", sa.String(200)))
         batch.add_column(sa.Column("cause", sa.String(16)))
         batch.add_column(sa.Column("steps_left", sa.Integer(), nullable=False, server_default="0"))
-    with op.batch_alter_table("saga") as batch:
-        batch.alter_column("steps_left", server_default=None)
     with op.batch_alter_table("saga_step") as batch:
         batch.add_column(sa.Column("task_id", sa.String(64)))
         batch.add_column(sa.Column("heartbeat_at", sa.Float()))
