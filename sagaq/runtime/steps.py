@@ -33,6 +33,11 @@ def context(saga: Saga, step: Step, saga_id: str, claim: StepClaim) -> StepConte
     )
 
 
+def shown(saga_id: str, step: str, attempt: int, outcome: str) -> dict[str, Any]:
+    """What a task returns: Flower shows it as the task's result (the canvas ignores it)."""
+    return {"saga_id": saga_id, "step": step, "attempt": attempt, "outcome": outcome}
+
+
 def written(ctx: StepContext, before: dict[str, Any], label: str) -> dict[str, Any] | None:
     """What the step set in ctx.data (stored with its completion)."""
     changed = {k: v for k, v in ctx.data.items() if k not in before or before[k] != v}
@@ -58,7 +63,8 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
         start_compensation(rt, saga, saga_id, cause="deadline", reason="deadline exceeded")
         return Halt()
     if claim.outcome is Claim.DONE:
-        return Proceed(StepStatus.COMPLETED.value)  # a redelivery: let the canvas go on
+        # A redelivery of a step that completed: let the canvas go on.
+        return Proceed(shown(saga_id, step.name, claim.attempts, "already done"))
     if claim.outcome is Claim.WAIT:
         return Retry(claim.retry_in)
     if claim.outcome is not Claim.RUN:
@@ -104,7 +110,7 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
                     status=StepStatus.SKIPPED,
                     task_id=delivery.task_id,
                 )
-                return Proceed(StepStatus.SKIPPED.value)
+                return Proceed(shown(saga_id, step.name, attempt, "skipped"))
             if step.sub_saga is not None:
                 result = run_child(rt, step, ctx, resumed=claim.resumed)
             else:
@@ -142,7 +148,7 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
     emit(EventType.STEP_COMPLETED, duration_ms=duration)
     if finished:
         rt.emit(EventType.SAGA_COMPLETED, saga_id, saga.name)
-    return Proceed(StepStatus.COMPLETED.value)
+    return Proceed(shown(saga_id, step.name, attempt, "completed"))
 
 
 def _storable(value: Any) -> Any:
