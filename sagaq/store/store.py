@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, delete, exists, func, insert, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from sagaq.status import SAGA_ACTIVE, STEP_DONE, SagaStatus, StepStatus, saga_move, step_move
@@ -34,7 +35,15 @@ _RESET = step_move([T.FAILED, T.SKIPPED], T.PENDING)
 
 
 class SagaStore(CompensationTransitions):
-    """Creates its tables on first use. `SagaStore(url)` picks SQLite or PostgreSQL."""
+    """Creates its tables on first use. `SagaStore(url)` picks SQLite or PostgreSQL (whose
+    hot statements have a fast path: postgres.py)."""
+
+    def __new__(cls, url: str, **options: Any) -> SagaStore:
+        if cls is SagaStore and make_url(url).get_backend_name() == "postgresql":
+            from sagaq.store.postgres import PostgresStore
+
+            return super().__new__(PostgresStore)
+        return super().__new__(cls)
 
     # -- starting -------------------------------------------------------------------------
 
