@@ -31,8 +31,9 @@ def start_saga(
     parent_id: str | None = None,
     parent_step: str | None = None,
 ) -> tuple[str, bool]:
-    """Returns (saga id, created). Commit first, publish second: a publish lost after the
-    commit is found by the sweeper. A publish that fails removes the saga again."""
+    """Returns (saga id, created). Commit first (the saga is RUNNING from then on), publish
+    second: a publish lost after the commit is found by the sweeper. A publish that fails
+    removes the saga again."""
     saga_id = str(uuid.uuid4())
     deadline = deadline if deadline is not None else saga.deadline
     headers = {"correlation_id": idempotency_key or saga_id, **(headers or {})}
@@ -57,7 +58,6 @@ def start_saga(
             if isinstance(exc, BrokerUnavailableError):
                 raise BrokerUnavailableError(f"saga {saga.name!r} was not started: {exc}") from exc
             raise
-        rt.store.mark_published(saga_id)
         rt.emit(EventType.SAGA_STARTED, saga_id, saga.name)
     return saga_id, created
 

@@ -41,7 +41,7 @@ CREATE = f"""
 WITH created AS (
     INSERT INTO saga (id, name, status, input, idempotency_key, deadline_at, headers, parent_id,
                       parent_step, steps_left, created_at, updated_at)
-    VALUES (%(sid)s, %(name)s, '{S.PENDING}', %(input)s, %(key)s, %(deadline)s, %(headers)s,
+    VALUES (%(sid)s, %(name)s, '{S.RUNNING}', %(input)s, %(key)s, %(deadline)s, %(headers)s,
             %(parent)s, %(parent_step)s, cardinality(%(steps)s::text[]), %(now)s, %(now)s)
     ON CONFLICT (name, idempotency_key) DO NOTHING
     RETURNING id
@@ -53,7 +53,7 @@ WITH created AS (
     FROM created c, unnest(%(steps)s::text[]) WITH ORDINALITY AS s(name, position)
 ), logged AS (
     INSERT INTO saga_event (saga_id, at, kind, status)
-    SELECT id, %(now)s, 'saga', '{S.PENDING}' FROM created
+    SELECT id, %(now)s, 'saga', '{S.RUNNING}' FROM created
 )
 SELECT id FROM created
 """

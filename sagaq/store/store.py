@@ -61,8 +61,8 @@ class SagaStore(CompensationTransitions):
         undoable: Sequence[str] = (),
         parent_step: str | None = None,
     ) -> tuple[str, bool]:
-        """Insert the saga and its PENDING steps in one transaction. Returns (id, created); a
-        known idempotency key returns the existing saga's id. `undoable`: the steps that have
+        """Insert the saga (RUNNING) and its PENDING steps in one transaction. Returns
+        (id, created); a known idempotency key returns the existing saga's id. `undoable`: the steps that have
         a compensation to run (from the plan)."""
         if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
             return found, False
@@ -74,7 +74,7 @@ class SagaStore(CompensationTransitions):
                     insert(saga).values(
                         id=saga_id,
                         name=name,
-                        status=S.PENDING,
+                        status=S.RUNNING,
                         input=input,
                         idempotency_key=idempotency_key,
                         deadline_at=deadline_at,
@@ -102,7 +102,7 @@ class SagaStore(CompensationTransitions):
                         for i, step in enumerate(steps)
                     ],
                 )
-                self._event(conn, saga_id, "saga", now, status=S.PENDING)
+                self._event(conn, saga_id, "saga", now, status=S.RUNNING)
         except IntegrityError:
             # Another start with the same key won the race.
             if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
@@ -118,6 +118,8 @@ class SagaStore(CompensationTransitions):
         return found
 
     def mark_published(self, saga_id: str) -> None:
+        """PENDING->RUNNING: for sagas recorded PENDING by an older sagaq (new ones start
+        RUNNING: the sweeper finds a lost publish by its steps, none of which ever ran)."""
         now = self.clock()
         with self._begin() as conn:
             moved = conn.execute(
