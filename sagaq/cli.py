@@ -139,7 +139,7 @@ def cli() -> None:
 @cli.command()
 def demo() -> None:
     """Run two example orders on the embedded default (no services needed)."""
-    from tasks.demo import run_demo
+    from sagaq.demo import run_demo
 
     sys.exit(run_demo())
 

@@ -16,9 +16,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sagaq.observability.events import EventBus, EventType, SagaEvent
+from sagaq.settings import Settings
 
 if TYPE_CHECKING:
     from sagaq.client import SagaQ
@@ -114,16 +114,10 @@ def install_metrics(engine: SagaQ, registry: CollectorRegistry = REGISTRY) -> Sa
     return metrics
 
 
-class MetricsSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SAGAQ_", extra="ignore")
-
-    metrics_port: int | None = None
-
-
 def install_worker_metrics(engine: SagaQ, port: int | None = None) -> bool:
     """In a worker module: serve the worker's metrics on `port` (default SAGAQ_METRICS_PORT)
     once the worker starts. Does nothing when no port is set; returns whether it will serve."""
-    port = port if port is not None else MetricsSettings().metrics_port
+    port = port if port is not None else Settings().metrics_port
     if port is None:
         return False
     from celery.signals import worker_init, worker_process_init, worker_process_shutdown

@@ -39,14 +39,27 @@ class Runtime:
 
 
 def publish(sig: Signature, attempts: int = 3) -> None:
-    """Send a canvas, retrying briefly when the broker hiccups."""
+    """Send a canvas, retrying briefly when the broker hiccups, and give up with
+    BrokerUnavailableError once the app's publish budget (SAGAQ_PUBLISH_TIMEOUT, set by SagaQ
+    together with bounded kombu and Redis retry policies) is spent."""
+    app = sig.app
+    budget = float(app.conf.get("sagaq_publish_timeout") or 2.0) if app is not None else 2.0
+    deadline = time.monotonic() + budget
     for attempt in range(1, attempts + 1):
         try:
             sig.apply_async()
             return
-        except (BrokerError, RuntimeError) as exc:
+        except (BrokerError, RuntimeError, OSError) as exc:
             # RuntimeError: Celery's Redis result backend, which subscribes to each task sent,
-            # gave up reconnecting (after its own ~20 s of retries): Redis is down.
-            if attempt == attempts or isinstance(exc, RuntimeError):
-                raise BrokerUnavailableError(f"cannot publish to the broker: {exc}") from exc
-            time.sleep(0.2 * attempt)
+            # gave up reconnecting: Redis is down. OSError: a socket error kombu let through.
+            pause = 0.2 * attempt
+            if attempt == attempts or time.monotonic() + pause >= deadline:
+                raise BrokerUnavailableError(
+                    f"cannot publish to the broker ({_reason(exc)}); nothing was started, "
+                    "try again when the broker is back"
+                ) from exc
+            time.sleep(pause)
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

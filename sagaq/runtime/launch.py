@@ -48,9 +48,13 @@ def start_saga(
     if created:
         try:
             publish(compile_saga(saga, saga_id, rt.app))
-        except BrokerUnavailableError as exc:
+        except Exception as exc:
+            # Whatever stopped the publish (broker down, a canvas Celery cannot encode...),
+            # no half-started saga may stay behind for the sweeper to run later.
             rt.store.delete_saga(saga_id)
-            raise BrokerUnavailableError(f"saga {saga.name!r} was not started: {exc}") from exc
+            if isinstance(exc, BrokerUnavailableError):
+                raise BrokerUnavailableError(f"saga {saga.name!r} was not started: {exc}") from exc
+            raise
         rt.store.mark_published(saga_id)
         rt.emit(EventType.SAGA_STARTED, saga_id, saga.name)
     return saga_id, created
