@@ -2,12 +2,11 @@
 
 `status` and `list` read the database through SagaStore and never create a Celery app. Commands
 that publish work or need saga definitions (start, cancel, retry, sweep, graph, worker) load the
-engine named by --app (default: $SAGAQ_APP, else workers.main:engine).
+engine named by --app (default: $SAGAQ_APP; sagaq.loader, shared with the API).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shlex
@@ -28,6 +27,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from sagaq import loader
 from sagaq.cli_views import saga_view, sagas_table, since_timestamp, to_json
 from sagaq.client import SagaQ, SagaResult
 from sagaq.errors import SagaNotFoundError, SagaqError, SagaTimeoutError
@@ -35,8 +35,6 @@ from sagaq.graph import FORMATS, render
 from sagaq.settings import Settings
 from sagaq.status import SagaStatus
 from sagaq.store import SagaStore
-
-DEFAULT_APP = "workers.main:engine"
 
 
 class UserError(click.ClickException):
@@ -72,28 +70,15 @@ app_option = click.option(
     "--app",
     "app_spec",
     envvar="SAGAQ_APP",
-    default=DEFAULT_APP,
-    show_default=True,
+    default=None,
     metavar="MODULE:ATTR",
     help="The SagaQ engine to use (env SAGAQ_APP).",
 )
 
 
-def load_engine(spec: str) -> SagaQ:
-    """Import `module:attribute` (from the current directory too, like celery -A does)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UserError(f"--app must look like module:attribute, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"cannot import {module_name!r} (from --app / SAGAQ_APP): {exc}") from None
-    engine = getattr(module, attr, None)
-    if not isinstance(engine, SagaQ):
-        raise UserError(f"{spec} is not a SagaQ engine (got {type(engine).__name__})")
-    return engine
+def load_engine(spec: str | None) -> SagaQ:
+    """The engine named by --app / SAGAQ_APP (sagaq.loader: one loader for CLI and API)."""
+    return loader.load_engine(spec)
 
 
 def _engine_method(engine: SagaQ, name: str) -> Callable[..., Any]:
@@ -367,8 +352,8 @@ def _celery_program() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "celery"]
 
 
-def _celery_app_spec(app_spec: str, engine: SagaQ) -> str:
-    module_name = app_spec.partition(":")[0]
+def _celery_app_spec(app_spec: str | None, engine: SagaQ) -> str:
+    module_name = (app_spec or Settings().app or "").partition(":")[0]
     found = (k for k, v in vars(sys.modules[module_name]).items() if v is engine.app)
     name = next(found, None)
     return f"{module_name}:{name}" if name else module_name

@@ -62,8 +62,9 @@ def engine(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[SagaQ]:
 
 @pytest.fixture
 def example_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """workers.main, the default --app, importing with its store in a temporary file."""
+    """workers.main, named by SAGAQ_APP, importing with its store in a temporary file."""
     monkeypatch.setenv("SAGAQ_STORE_URL", f"sqlite:///{tmp_path / 'workers.db'}")
+    monkeypatch.setenv("SAGAQ_APP", "workers.main:engine")
     return importlib.import_module("workers.main")
 
 
