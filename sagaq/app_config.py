@@ -157,7 +157,7 @@ def install_worker_checks(engine: SagaQ) -> None:
     if engine.app in _checked_apps:
         return
     _checked_apps.add(engine.app)
-    from celery.signals import worker_ready
+    from celery.signals import worker_init
 
     engine_ref = weakref.ref(engine)
 
@@ -178,7 +178,8 @@ def install_worker_checks(engine: SagaQ) -> None:
                 queue,
             )
 
-    worker_ready.connect(check, weak=False)
+    # worker_init: sent by every worker (CLI, in-process) once its queues are known.
+    worker_init.connect(check, weak=False)
 
 
 def missing_queues(engine: SagaQ, consumed: Iterable[str]) -> list[tuple[str, set[str]]]:

@@ -44,8 +44,9 @@ def publish(sig: Signature, attempts: int = 3) -> None:
     together with bounded kombu and Redis retry policies) is spent."""
     app = sig.app
     budget = float(app.conf.get("sagaq_publish_timeout") or 2.0) if app is not None else 2.0
-    deadline = time.monotonic() + budget
+    began = time.monotonic()
     for attempt in range(1, attempts + 1):
+        tried = time.monotonic()
         try:
             sig.apply_async()
             return
@@ -53,7 +54,10 @@ def publish(sig: Signature, attempts: int = 3) -> None:
             # RuntimeError: Celery's Redis result backend, which subscribes to each task sent,
             # gave up reconnecting: Redis is down. OSError: a socket error kombu let through.
             pause = 0.2 * attempt
-            if attempt == attempts or time.monotonic() + pause >= deadline:
+            now = time.monotonic()
+            # Another attempt is expected to take as long as this one did.
+            over_budget = now + pause + (now - tried) - began > budget
+            if attempt == attempts or over_budget:
                 raise BrokerUnavailableError(
                     f"cannot publish to the broker ({_reason(exc)}); nothing was started, "
                     "try again when the broker is back"

@@ -258,7 +258,9 @@ def test_openapi_lists_one_start_route_per_saga_with_its_input_model(
 
 
 def test_readyz_is_503_when_the_store_does_not_answer_and_healthz_stays_live() -> None:
-    down = SagaStore("postgresql+psycopg://postgres:s3cret@127.0.0.1:9/nowhere", create_tables=False)
+    down = SagaStore(
+        "postgresql+psycopg://postgres:s3cret@127.0.0.1:9/nowhere", create_tables=False
+    )
     engine = SagaQ(embedded_app("api-down"), store=down)
 
     with serve_in_background(create_app(engine)) as url:

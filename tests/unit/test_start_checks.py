@@ -80,7 +80,9 @@ def test_header_values_must_be_strings(engine: SagaQ) -> None:
 
 
 def test_the_input_limit_counts_utf8_bytes(tmp_path: Path) -> None:
-    engine = SagaQ(embedded_app("utf8"), store=f"sqlite:///{tmp_path / 'u.db'}", max_input_bytes=100)
+    engine = SagaQ(
+        embedded_app("utf8"), store=f"sqlite:///{tmp_path / 'u.db'}", max_input_bytes=100
+    )
     engine.register(_saga("free", None))
 
     # 40 x "é" is 80 UTF-8 bytes (ASCII-escaped JSON would count 240): accepted.
