@@ -114,12 +114,18 @@ def install_metrics(engine: SagaQ, registry: CollectorRegistry = REGISTRY) -> Sa
     return metrics
 
 
+_serving_ports: set[int] = set()
+
+
 def install_worker_metrics(engine: SagaQ, port: int | None = None) -> bool:
     """In a worker module: serve the worker's metrics on `port` (default SAGAQ_METRICS_PORT)
     once the worker starts. Does nothing when no port is set; returns whether it will serve."""
     port = port if port is not None else Settings().metrics_port
     if port is None:
         return False
+    if port in _serving_ports:
+        return True  # every SagaQ of a worker installs this: one server per port
+    _serving_ports.add(port)
     from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
     install_metrics(engine)

@@ -48,7 +48,7 @@ def publish(sig: Signature, attempts: int = 3) -> None:
     for attempt in range(1, attempts + 1):
         tried = time.monotonic()
         try:
-            sig.apply_async()
+            _stop_listening(sig.apply_async())
             return
         except (BrokerError, RuntimeError, OSError) as exc:
             # RuntimeError: Celery's Redis result backend, which subscribes to each task sent,
@@ -63,6 +63,26 @@ def publish(sig: Signature, attempts: int = 3) -> None:
                     "try again when the broker is back"
                 ) from exc
             time.sleep(pause)
+
+
+def _stop_listening(result: Any) -> None:
+    """sagaq reads outcomes from SQL, never from the result backend, but Celery's Redis backend
+    subscribes the sending process to each task it sends. Unsubscribe now: otherwise the
+    subscriptions pile up in a long-lived web process, and a short-lived one prints
+    `AsyncResult.__del__` tracebacks at exit, when Python can no longer talk to Redis."""
+    consumer = getattr(getattr(result, "backend", None), "result_consumer", None)
+    cancel = getattr(consumer, "cancel_for", None)
+    if cancel is None:
+        return
+    pending = [result]
+    while pending:
+        node = pending.pop()
+        if node is None:
+            continue
+        if getattr(node, "id", None):
+            cancel(node.id)
+        pending.extend(getattr(node, "results", None) or ())  # a group's parts
+        pending.append(getattr(node, "parent", None))
 
 
 def _reason(exc: BaseException) -> str:
