@@ -212,6 +212,9 @@ def test_worker_command_runs_a_celery_worker_that_finishes_sagas(tmp_path: Path)
         "SAGAQ_BROKER_URL": broker,
         "SAGAQ_RESULT_BACKEND": broker,
         "SAGAQ_STORE_URL": f"sqlite:///{tmp_path / 'sagaq.db'}",
+        # The repository's reference deployment: not installed, so named and put on the path.
+        "SAGAQ_APP": "workers.main:engine",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     log = (tmp_path / "worker.log").open("w+")
     worker = subprocess.Popen(
