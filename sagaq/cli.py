@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from sagaq import loader
-from sagaq.cli_views import saga_view, sagas_table, since_timestamp, to_json
+from sagaq.cli_views import saga_view, sagas_table, since_timestamp
 from sagaq.client import SagaQ, SagaResult
 from sagaq.errors import SagaNotFoundError, SagaqError, SagaTimeoutError
 from sagaq.graph import FORMATS, render
@@ -57,9 +57,16 @@ class _Commands(click.Group):
             raise UserError(f"database error: {reason}") from None
 
 
+# Wide enough that no table row is ever folded when the output goes to a pipe or a file.
+PIPED_WIDTH = 10_000
+
+
 def _console(*, stderr: bool = False) -> Console:
-    # Made per call: the console must follow the current stdout/stderr and $COLUMNS.
-    return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
+    # Made per call: the console must follow the current stdout/stderr and $COLUMNS. Piped
+    # output is read by programs (grep, awk): never wrapped at 80 columns unless $COLUMNS says.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr, width=width)
 
 
 def _warn(message: str) -> None:
@@ -174,7 +181,8 @@ def _parse_input(raw: str) -> Any:
 def _watch(engine: SagaQ, saga_id: str, timeout: float) -> SagaResult:
     deadline = time.monotonic() + timeout
     result = engine.status(saga_id)
-    with Live(saga_view(result), console=_console(), refresh_per_second=8) as live:
+    console = _console()
+    with Live(saga_view(result), console=console, refresh_per_second=8) as live:
         while not result.status.is_terminal:
             if time.monotonic() > deadline:
                 raise SagaTimeoutError(
@@ -184,6 +192,8 @@ def _watch(engine: SagaQ, saga_id: str, timeout: float) -> SagaResult:
             time.sleep(0.1)
             result = engine.status(saga_id)
             live.update(saga_view(result))
+    if not console.is_terminal:
+        console.line()  # Live leaves its last frame without a newline when not on a terminal
     return result
 
 
@@ -198,7 +208,9 @@ def status(saga_id: str, as_json: bool) -> None:
         raise SagaNotFoundError(saga_id)
     result = SagaResult.from_record(record)
     if as_json:
-        click.echo(to_json(asdict(result)))
+        from sagaq.api.schemas import SagaOut  # the API's shape: one JSON for both
+
+        click.echo(SagaOut.of(result).model_dump_json(indent=2))
     else:
         _console().print(saga_view(result))
 
@@ -231,7 +243,9 @@ def list_(
         )
     results = [SagaResult.from_record(r) for r in records]
     if as_json:
-        click.echo(to_json([{k: v for k, v in asdict(r).items() if k != "steps"} for r in results]))
+        from sagaq.api.schemas import SagaList, summary  # the shape of GET /sagas
+
+        click.echo(SagaList(sagas=[summary(r) for r in results]).model_dump_json(indent=2))
     else:
         _console().print(sagas_table(results))
 
