@@ -71,12 +71,25 @@ def apply_safe_settings(app: Celery, settings: Settings) -> None:
         app.conf["task_publish_retry_policy"] = _retry_policy(timeout)
     # The Redis result backend subscribes to every task a client sends; with Redis down its
     # default policy retries for ~20 s before giving up, and start() would hang that long.
+    # Only clients subscribe; a worker gets Celery's patient policy back when it starts
+    # (restore_worker_retries), so a Redis restart does not fail the steps it is storing.
     options = dict(app.conf.get("result_backend_transport_options") or {})
-    options.setdefault("retry_policy", _retry_policy(timeout))
+    if "retry_policy" not in options:
+        options["retry_policy"] = _retry_policy(timeout)
+        app.conf["sagaq_bounded_backend_retries"] = True
     app.conf["result_backend_transport_options"] = options
     broker_options = dict(app.conf.get("broker_transport_options") or {})
     broker_options.setdefault("visibility_timeout", settings.visibility_timeout)
     app.conf["broker_transport_options"] = broker_options
+
+
+def restore_worker_retries(app: Celery) -> None:
+    """In a worker: drop the bounded result-backend retry policy sagaq added for clients."""
+    if app.conf.get("sagaq_bounded_backend_retries"):
+        options = dict(app.conf.get("result_backend_transport_options") or {})
+        options.pop("retry_policy", None)
+        app.conf["result_backend_transport_options"] = options
+        app.conf["sagaq_bounded_backend_retries"] = False
 
 
 def _retry_policy(budget: float) -> dict[str, float]:
@@ -152,8 +165,9 @@ _checked_apps: weakref.WeakSet[Celery] = weakref.WeakSet()
 
 
 def install_worker_checks(engine: SagaQ) -> None:
-    """When a worker of `engine.app` is ready: warn about unsafe settings and log an error for
-    each queue that registered sagas need but the worker does not consume."""
+    """When a worker of `engine.app` starts: warn about unsafe settings, log an error for each
+    queue that registered sagas need but the worker does not consume, and give the worker
+    Celery's own result-backend retries back."""
     if engine.app in _checked_apps:
         return
     _checked_apps.add(engine.app)
@@ -166,6 +180,7 @@ def install_worker_checks(engine: SagaQ) -> None:
         if current is None or getattr(sender, "app", None) is not current.app:
             return  # a worker of another app in this process
         app = current.app
+        restore_worker_retries(app)
         for problem in unsafe_settings(app):
             log.warning("unsafe Celery setting: %s", problem)
         consumed = set(app.amqp.queues.consume_from or {})

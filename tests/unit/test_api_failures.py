@@ -142,3 +142,23 @@ def test_the_dashboard_takes_its_token_from_a_form_post_never_from_the_url(
     assert api.get("/dashboard").status_code == 200  # the cookie now opens it
     evil = api.post("/dashboard/login", data={"token": TOKEN, "next": "//evil.example"})
     assert evil.url.path == "/dashboard"
+
+
+def test_a_store_that_is_down_is_a_503_that_names_no_password(tmp_path: Path) -> None:
+    from sagaq.store import SagaStore
+
+    down = SagaStore("postgresql+psycopg://shop:s3cret@127.0.0.1:9/shop", create_tables=False)
+    engine = SagaQ(embedded_app("store-down"), store=down)
+    engine.register(line())
+
+    with TestClient(create_app(engine, token=TOKEN)) as api:
+        began = time.monotonic()
+        started = api.post("/sagas/line", json={}, headers=AUTH)
+        took = time.monotonic() - began
+        read = api.get("/sagas/some-id", headers=AUTH)
+
+    assert took < 2.0, f"took {took:.2f}s"
+    for response in (started, read):
+        assert_problem(response, 503, "StoreUnavailableError")
+        assert "s3cret" not in response.text
+    down.dispose()

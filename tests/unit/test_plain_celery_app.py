@@ -166,3 +166,19 @@ def test_a_worker_that_misses_a_queue_sagas_need_logs_an_error_naming_both(
     warnings = [text for level, text in recorded.lines if level == logging.WARNING]
     assert any("task_acks_late is off" in w for w in warnings), warnings
     engine.store.dispose()
+
+
+def test_only_clients_get_the_short_result_backend_retries(tmp_path: Path) -> None:
+    """A client gives up on Redis within SAGAQ_PUBLISH_TIMEOUT; a worker storing a result
+    during a Redis restart keeps Celery's patient retries."""
+    app = embedded_app("retries")
+    engine = SagaQ(app, store=f"sqlite:///{tmp_path / 's.db'}")
+    engine.register(line())
+    client_policy = app.conf.result_backend_transport_options.get("retry_policy")
+
+    with in_process_worker(app, engine.queues()):
+        worker_policy = app.conf.result_backend_transport_options.get("retry_policy")
+
+    assert client_policy is not None and client_policy["max_retries"] == 3
+    assert worker_policy is None  # Celery's default policy
+    engine.store.dispose()
