@@ -32,6 +32,7 @@ from sagaq.errors import (
 )
 from sagaq.observability.events import EventBus
 from sagaq.observability.metrics import install_worker_metrics
+from sagaq.observability.tracing import install_tracing
 from sagaq.runtime import (
     Runtime,
     SweepReport,
@@ -212,6 +213,8 @@ class SagaQ:
         # serve metrics when SAGAQ_METRICS_PORT is set.
         install_worker_checks(self)
         install_worker_metrics(self, self.settings.metrics_port)
+        if self.settings.tracing:
+            install_tracing(self)
 
     def register(self, *definitions: Saga | object) -> None:
         """Validate each saga and create its Celery tasks (`<saga>.<step>`). Takes Saga

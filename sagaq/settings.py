@@ -26,3 +26,5 @@ class Settings(BaseSettings):
     publish_timeout: float = 2.0
     # Workers that build a SagaQ serve Prometheus metrics on this port when it is set.
     metrics_port: int | None = None
+    # A span per step and compensation (OpenTelemetry's global tracer provider), if installed.
+    tracing: bool = False

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +39,44 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         0.5,
         9100,
     )
+
+
+TRACED_RUN = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+from sagaq import Saga, SagaQ
+from sagaq.embedded import embedded_app, in_process_worker
+
+saga = Saga("traced")
+saga.step(name="only")(lambda ctx: {"ok": True})
+app = embedded_app("traced")
+engine = SagaQ(app, store="sqlite:///traced.db")  # no install_tracing() call
+engine.register(saga)
+with in_process_worker(app, engine.queues()):
+    assert engine.start("traced", {}).wait(20).status == "COMPLETED"
+print(sorted(span.name for span in exporter.get_finished_spans()))
+"""
+
+
+def test_sagaq_tracing_traces_steps_of_any_engine(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAQ_")}
+    done = subprocess.run(
+        [sys.executable, "-c", TRACED_RUN],
+        cwd=tmp_path,
+        env={**env, "SAGAQ_TRACING": "true"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "traced.only" in done.stdout, done.stdout
