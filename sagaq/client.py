@@ -288,13 +288,16 @@ class SagaQ:
         `deadline` (seconds, default the saga's) compensates the saga if it is not done by
         then. `headers` (correlation id, tracing ids) reach every step as ctx.headers.
 
-        A repeated idempotency key returns the existing saga. Bad input raises
-        InvalidInputError with nothing written; a broker that is down raises
-        BrokerUnavailableError and the saga is removed again, so nothing half-started remains.
+        A repeated idempotency key returns the existing saga; with different input it raises
+        IdempotencyConflictError. Bad input, keys over 200 characters, a deadline <= 0 and
+        non-string headers raise InvalidInputError before any SQL. A broker that is down
+        raises BrokerUnavailableError within SAGAQ_PUBLISH_TIMEOUT and the saga is removed
+        again, so nothing half-started remains; a database error is StoreUnavailableError.
         """
         saga = self.saga(name)
         _check_start_options(idempotency_key, deadline, headers)
         data = self._valid_input(saga, input)
+        existing: SagaRecord | None = None
         try:
             saga_id, created = start_saga(
                 self.runtime,
@@ -308,7 +311,8 @@ class SagaQ:
                 existing = self.store.get(saga_id)
         except SQLAlchemyError as exc:
             raise StoreUnavailableError(_store_failure(self.store, exc)) from None
-        if not created and existing is not None and existing.input != data:
+        # Compared in their stored (JSON) form, so {"a": 1} and a model dumping to it match.
+        if existing is not None and existing.input != data:
             raise IdempotencyConflictError(idempotency_key or "", saga_id)
         return SagaHandle(self, saga_id, created)
 
