@@ -98,8 +98,14 @@ async def _database_error(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    # Starlette logs the traceback; the client gets the shape, not the internals.
+    return problem(500, "InternalError", "internal error: see the API server's log")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SagaqError, _sagaq_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(SQLAlchemyError, _database_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -162,3 +162,21 @@ def test_a_store_that_is_down_is_a_503_that_names_no_password(tmp_path: Path) ->
         assert_problem(response, 503, "StoreUnavailableError")
         assert "s3cret" not in response.text
     down.dispose()
+
+
+def test_an_unexpected_error_is_a_500_in_the_same_shape_without_internals(
+    tmp_path: Path,
+) -> None:
+    app = embedded_app("undeclared-queue")
+    app.conf.task_create_missing_queues = False
+    engine = SagaQ(app, store=f"sqlite:///{tmp_path / 's.db'}")
+    saga = Saga("lost", queue="nowhere")
+    saga.step(name="only")(noop)
+    engine.register(saga)
+
+    with TestClient(create_app(engine), raise_server_exceptions=False) as api:
+        response = api.post("/sagas/lost", json={})
+
+    assert_problem(response, 500, "InternalError")
+    assert "nowhere" not in response.text and "Traceback" not in response.text
+    engine.store.dispose()

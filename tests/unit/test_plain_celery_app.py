@@ -182,3 +182,19 @@ def test_only_clients_get_the_short_result_backend_retries(tmp_path: Path) -> No
     assert client_policy is not None and client_policy["max_retries"] == 3
     assert worker_policy is None  # Celery's default policy
     engine.store.dispose()
+
+
+def test_a_publish_that_fails_for_any_reason_leaves_no_saga_behind(tmp_path: Path) -> None:
+    """Not only a broker that is down: here Celery refuses a queue the app does not declare."""
+    app = embedded_app("undeclared-queue")
+    app.conf.task_create_missing_queues = False
+    engine = SagaQ(app, store=f"sqlite:///{tmp_path / 's.db'}")
+    saga = Saga("lost", queue="nowhere")
+    saga.step(name="only")(noop)
+    engine.register(saga)
+
+    with pytest.raises(Exception, match="nowhere"):
+        engine.start("lost", {}, idempotency_key="k-1")
+
+    assert engine.list() == []  # the sweeper will not find a saga to run later
+    engine.store.dispose()
