@@ -186,8 +186,8 @@ def install_worker_checks(engine: SagaQ) -> None:
         consumed = set(app.amqp.queues.consume_from or {})
         for queue, sagas in missing_queues(current, consumed):
             log.error(
-                "this worker does not consume queue %r, which saga(s) %s need: their steps "
-                "there never run (add -Q %s, or start a worker for it)",
+                "this worker does not consume queue %r, which saga(s) %s need: what is routed "
+                "there runs only if another worker consumes it (else add -Q %s)",
                 queue,
                 ", ".join(sorted(sagas)),
                 queue,
