@@ -18,7 +18,7 @@ from celery import Celery
 from celery.app.defaults import DEFAULTS
 
 from sagaq.definition.saga import Saga
-from sagaq.errors import ConfigurationError
+from sagaq.errors import ConfigurationError, DefinitionError
 from sagaq.settings import Settings
 
 if TYPE_CHECKING:
@@ -136,6 +136,22 @@ def adopt_default_queue(app: Celery, saga: Saga) -> None:
     for step in saga.steps.values():
         if step.queue in (None, SAGA_DEFAULT_QUEUE):
             step.queue = target
+
+
+# The store keeps saga and step names in VARCHAR(200) columns.
+MAX_NAME_LENGTH = 200
+
+
+def check_saga_fits(app: Celery, saga: Saga) -> None:
+    """What register() refuses beyond the definition itself: names the store cannot hold,
+    and a join the app cannot run."""
+    for name in (saga.name, *saga.steps):
+        if len(name) > MAX_NAME_LENGTH:
+            raise DefinitionError(
+                f"name {name[:40]!r}... of saga {saga.name[:40]!r} is {len(name)} characters; "
+                f"the limit is {MAX_NAME_LENGTH}"
+            )
+    check_join_backend(app, saga)
 
 
 def has_join(saga: Saga) -> bool:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sagaq.app_config import (
     adopt_default_queue,
     apply_safe_settings,
-    check_join_backend,
+    check_saga_fits,
     install_worker_checks,
 )
 from sagaq.compiler import compile_compensation, compile_saga
@@ -237,7 +237,7 @@ class SagaQ:
                 raise DefinitionError(f"another saga named {saga.name!r} is already registered")
             saga.validate()
             adopt_default_queue(self.app, saga)
-            check_join_backend(self.app, saga)
+            check_saga_fits(self.app, saga)
             self._check_visibility_timeout(saga)
             install_saga_tasks(self.runtime, saga)
             self.sagas[saga.name] = saga

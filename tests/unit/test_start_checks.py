@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from sagaq import IdempotencyConflictError, InvalidInputError, Saga, SagaQ
+from sagaq import DefinitionError, IdempotencyConflictError, InvalidInputError, Saga, SagaQ
 from sagaq.embedded import embedded_app
 
 
@@ -121,3 +121,14 @@ def test_a_reused_key_with_different_input_is_a_conflict(engine: SagaQ) -> None:
     assert conflict.value.saga_id == first.id
     assert [r.id for r in engine.list()] == [first.id]
     assert engine.status(first.id).input == {"order_id": "o-1"}
+
+
+def test_names_longer_than_the_store_holds_are_refused_at_register(tmp_path: Path) -> None:
+    engine = SagaQ(embedded_app("long-names"), store=f"sqlite:///{tmp_path / 'n.db'}")
+    saga = Saga("s" * 201)
+    saga.step(name="only")(lambda ctx: None)
+
+    with pytest.raises(DefinitionError, match="is 201 characters; the limit is 200"):
+        engine.register(saga)
+    assert engine.sagas == {}
+    engine.store.dispose()
