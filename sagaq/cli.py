@@ -133,7 +133,7 @@ def demo() -> None:
     """Run two example orders on the embedded default (no services needed)."""
     from sagaq.demo import run_demo
 
-    sys.exit(run_demo())
+    sys.exit(run_demo(_console()))
 
 
 @cli.command()

@@ -1,5 +1,5 @@
 """`sagaq demo` and `make demo`: two orders on the embedded default (no services). One
-completes; one fails at payment and is compensated. Each step and compensation is printed as
+completes; one fails at shipping and is compensated. Each step and compensation is printed as
 it happens. The saga ships inside the package so the demo works wherever sagaq is installed."""
 
 from __future__ import annotations
@@ -36,28 +36,28 @@ def _fail_if_asked(ctx: StepContext) -> None:
 
 
 @demo_order.step
-def reserve_inventory(ctx: StepContext) -> dict[str, Any]:
+def reserve(ctx: StepContext) -> dict[str, Any]:
     _fail_if_asked(ctx)
     return {"reservation_id": f"res-{ctx.idempotency_key}"}
 
 
-@reserve_inventory.compensate
-def release_inventory(ctx: StepContext, result: dict[str, Any]) -> None:
+@reserve.compensate
+def release(ctx: StepContext, result: dict[str, Any]) -> None:
     """Nothing to call in a demo: the printed event is the point."""
 
 
-@demo_order.step(depends_on=[reserve_inventory])
-def charge_payment(ctx: StepContext) -> dict[str, Any]:
+@demo_order.step(depends_on=[reserve])
+def charge(ctx: StepContext) -> dict[str, Any]:
     _fail_if_asked(ctx)
     return {"charge_id": f"ch-{ctx.idempotency_key}", "amount_cents": ctx.input.amount_cents}
 
 
-@charge_payment.compensate
-def refund_payment(ctx: StepContext, result: dict[str, Any]) -> None:
+@charge.compensate
+def refund(ctx: StepContext, result: dict[str, Any]) -> None:
     """Nothing to call in a demo: the printed event is the point."""
 
 
-@demo_order.step(depends_on=[charge_payment])
+@demo_order.step(depends_on=[charge])
 def ship(ctx: StepContext) -> dict[str, Any]:
     _fail_if_asked(ctx)
     return {"tracking": f"trk-{ctx.input.order_id}"}
@@ -115,15 +115,18 @@ def _print_event(console: Console, event: SagaEvent) -> None:
 
 def _summary(results: list[SagaResult]) -> Table:
     table = Table(title="sagas", show_lines=False)
-    for column in ("id", "status", "failed step", "compensated (in order)", "ms"):
-        table.add_column(column, no_wrap=True)
+    # Ids and statuses are never cut (`sagaq status <id>` takes the whole id); the list of
+    # compensated steps wraps instead on a narrow terminal.
+    table.add_column("id", no_wrap=True, min_width=36)
+    table.add_column("status", no_wrap=True, min_width=11)
+    table.add_column("failed at", no_wrap=True)
+    table.add_column("compensated", overflow="fold")
     for r in results:
         colour = "green" if r.status == SagaStatus.COMPLETED else "magenta"
         table.add_row(
             r.id,
             f"[{colour}]{r.status}[/]",
             r.failed_step or "",
-            ", ".join(r.compensated_steps),
-            f"{r.duration_ms:.0f}" if r.duration_ms is not None else "",
+            "\n".join(r.compensated_steps),  # in the order they were undone
         )
     return table
