@@ -2,12 +2,11 @@
 
 `status` and `list` read the database through SagaStore and never create a Celery app. Commands
 that publish work or need saga definitions (start, cancel, retry, sweep, graph, worker) load the
-engine named by --app (default: $SAGAQ_APP, else workers.main:engine).
+engine named by --app (default: $SAGAQ_APP; sagaq.loader, shared with the API).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shlex
@@ -28,6 +27,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from sagaq import loader
 from sagaq.cli_history import history_view, page_json, page_view
 from sagaq.cli_views import saga_view, since_timestamp, to_json
 from sagaq.client import SagaQ, SagaResult
@@ -40,7 +40,6 @@ from sagaq.status import SagaStatus
 from sagaq.store import SagaStore
 from sagaq.store.history import CAUSES, SagaFilter, SagaHistory
 
-DEFAULT_APP = "workers.main:engine"
 CLI_ACTOR = "cli"  # the actor of cancel and retry in a saga's history
 
 
@@ -64,9 +63,16 @@ class _Commands(click.Group):
             raise UserError(f"database error: {reason}") from None
 
 
+# Wide enough that no table row is ever folded when the output goes to a pipe or a file.
+PIPED_WIDTH = 10_000
+
+
 def _console(*, stderr: bool = False) -> Console:
-    # Made per call: the console must follow the current stdout/stderr and $COLUMNS.
-    return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
+    # Made per call: the console must follow the current stdout/stderr and $COLUMNS. Piped
+    # output is read by programs (grep, awk): never wrapped at 80 columns unless $COLUMNS says.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr, width=width)
 
 
 def _warn(message: str) -> None:
@@ -77,28 +83,15 @@ app_option = click.option(
     "--app",
     "app_spec",
     envvar="SAGAQ_APP",
-    default=DEFAULT_APP,
-    show_default=True,
+    default=None,
     metavar="MODULE:ATTR",
     help="The SagaQ engine to use (env SAGAQ_APP).",
 )
 
 
-def load_engine(spec: str) -> SagaQ:
-    """Import `module:attribute` (from the current directory too, like celery -A does)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UserError(f"--app must look like module:attribute, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"cannot import {module_name!r} (from --app / SAGAQ_APP): {exc}") from None
-    engine = getattr(module, attr, None)
-    if not isinstance(engine, SagaQ):
-        raise UserError(f"{spec} is not a SagaQ engine (got {type(engine).__name__})")
-    return engine
+def load_engine(spec: str | None) -> SagaQ:
+    """The engine named by --app / SAGAQ_APP (sagaq.loader: one loader for CLI and API)."""
+    return loader.load_engine(spec)
 
 
 def _engine_method(engine: SagaQ, name: str) -> Callable[..., Any]:
@@ -144,9 +137,9 @@ def cli() -> None:
 @cli.command()
 def demo() -> None:
     """Run two example orders on the embedded default (no services needed)."""
-    from tasks.demo import run_demo
+    from sagaq.demo import run_demo
 
-    sys.exit(run_demo())
+    sys.exit(run_demo(_console()))
 
 
 @cli.command()
@@ -194,7 +187,8 @@ def _parse_input(raw: str) -> Any:
 def _watch(engine: SagaQ, saga_id: str, timeout: float) -> SagaResult:
     deadline = time.monotonic() + timeout
     result = engine.status(saga_id)
-    with Live(saga_view(result), console=_console(), refresh_per_second=8) as live:
+    console = _console()
+    with Live(saga_view(result), console=console, refresh_per_second=8) as live:
         while not result.status.is_terminal:
             if time.monotonic() > deadline:
                 raise SagaTimeoutError(
@@ -204,6 +198,8 @@ def _watch(engine: SagaQ, saga_id: str, timeout: float) -> SagaResult:
             time.sleep(0.1)
             result = engine.status(saga_id)
             live.update(saga_view(result))
+    if not console.is_terminal:
+        console.line()  # Live leaves its last frame without a newline when not on a terminal
     return result
 
 
@@ -220,7 +216,11 @@ def status(saga_id: str, as_json: bool, history: bool) -> None:
         raise SagaNotFoundError(saga_id)
     result = SagaResult.from_record(record)
     if as_json:
-        shown = asdict(result) | ({"history": [asdict(e) for e in events]} if history else {})
+        from sagaq.api.schemas import SagaOut  # the API's shape: one JSON for both
+
+        shown = SagaOut.of(result).model_dump(mode="json")
+        if history:
+            shown["history"] = [asdict(e) for e in events]
         click.echo(to_json(shown))
     else:
         _console().print(saga_view(result))
@@ -434,8 +434,8 @@ def _celery_program() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "celery"]
 
 
-def _celery_app_spec(app_spec: str, engine: SagaQ) -> str:
-    module_name = app_spec.partition(":")[0]
+def _celery_app_spec(app_spec: str | None, engine: SagaQ) -> str:
+    module_name = (app_spec or Settings().app or "").partition(":")[0]
     found = (k for k, v in vars(sys.modules[module_name]).items() if v is engine.app)
     name = next(found, None)
     return f"{module_name}:{name}" if name else module_name

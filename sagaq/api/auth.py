@@ -1,13 +1,12 @@
 """Bearer-token auth. With a token configured (SAGAQ_API_TOKEN), every route but /healthz and
 /metrics needs `Authorization: Bearer <token>`. Browsers cannot send that header when they
-follow a link, so the dashboard also accepts the token once as `?token=`: it is then kept in an
-HttpOnly, SameSite=Strict cookie and removed from the address bar."""
+follow a link, so the dashboard's sign-in form (sagaq.api.login) POSTs the token once and it is
+then kept in an HttpOnly, SameSite=Strict cookie. A token is never accepted from a URL."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping
-from urllib.parse import urlencode
 
 from fastapi import HTTPException, Request
 
@@ -83,15 +82,11 @@ class DashboardLogin(Exception):
 
 
 def require_dashboard_token(check: TokenCheck) -> Callable[[Request], None]:
-    """A FastAPI dependency for HTML pages: bearer header, cookie, or `?token=` once."""
+    """A FastAPI dependency for HTML pages: bearer header or the sign-in cookie."""
 
     def dependency(request: Request) -> None:
         if not check.enabled:
             return
-        given = request.query_params.get("token")
-        if given is not None and check.accepts(given):
-            rest = urlencode([kv for kv in request.query_params.multi_items() if kv[0] != "token"])
-            raise DashboardLogin(request.url.path + (f"?{rest}" if rest else ""), given)
         if check.accepts(bearer_token(request)) or check.accepts(request.cookies.get(TOKEN_COOKIE)):
             return
         raise DashboardLogin(None)

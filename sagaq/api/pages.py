@@ -74,11 +74,14 @@ def compensations_table(result: SagaResult) -> str:
     )
 
 
-def login_page(root: str, path: str) -> str:
+def login_page(root: str, path: str, *, wrong: bool = False) -> str:
+    # POST: the token must never be part of a URL (access logs, history, Referer).
+    retry = '<p class="error">That token was not accepted.</p>' if wrong else ""
     body = (
         "<h1>Token required</h1><p>This sagaq API needs its token (SAGAQ_API_TOKEN). It is kept "
-        "in a cookie for this browser once accepted.</p>"
-        f'<form class="login" method="get" action="{escape(path)}">'
+        f"in a cookie for this browser once accepted.</p>{retry}"
+        f'<form class="login" method="post" action="{root}/dashboard/login">'
+        f'<input type="hidden" name="next" value="{escape(path)}">'
         '<input type="password" name="token" placeholder="API token" autofocus>'
         "<button>Open</button></form>"
     )

@@ -17,9 +17,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sagaq.observability.events import EventBus, EventType, SagaEvent
+from sagaq.settings import Settings
 
 if TYPE_CHECKING:
     from sagaq.client import SagaQ
@@ -165,18 +165,18 @@ def _saga_facts(engine: weakref.ref[SagaQ], saga_id: str) -> tuple[float, str | 
     return None if found is None else (found.created_at, found.cause)
 
 
-class MetricsSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SAGAQ_", extra="ignore")
-
-    metrics_port: int | None = None
+_serving_ports: set[int] = set()
 
 
 def install_worker_metrics(engine: SagaQ, port: int | None = None) -> bool:
     """In a worker module: serve the worker's metrics on `port` (default SAGAQ_METRICS_PORT)
     once the worker starts. Does nothing when no port is set; returns whether it will serve."""
-    port = port if port is not None else MetricsSettings().metrics_port
+    port = port if port is not None else Settings().metrics_port
     if port is None:
         return False
+    if port in _serving_ports:
+        return True  # every SagaQ of a worker installs this: one server per port
+    _serving_ports.add(port)
     from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
     install_metrics(engine)

@@ -54,6 +54,8 @@ def start_saga(
         try:
             rt.send(compile_saga(saga, saga_id, rt.app))
         except Exception as exc:
+            # Whatever stopped the publish (broker down, a canvas Celery cannot encode...),
+            # no half-started saga may stay behind for the sweeper to run later.
             rt.store.delete_saga(saga_id)
             if isinstance(exc, BrokerUnavailableError):
                 raise BrokerUnavailableError(f"saga {saga.name!r} was not started: {exc}") from exc

@@ -62,8 +62,8 @@ class SagaStore(CompensationTransitions):
         parent_step: str | None = None,
     ) -> tuple[str, bool]:
         """Insert the saga (RUNNING) and its PENDING steps in one transaction. Returns
-        (id, created); a known idempotency key returns the existing saga's id. `undoable`: the steps that have
-        a compensation to run (from the plan)."""
+        (id, created); a known idempotency key returns the existing saga's id. `undoable`:
+        the steps that have a compensation to run (from the plan)."""
         if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
             return found, False
         now = self.clock()
