@@ -4,7 +4,8 @@ setup; the README's settings table lists each one."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,7 +22,7 @@ class Settings(BaseSettings):
     default_queue: str = "default"
     api_token: str | None = None
     # Named API tokens, {"alice": "<token>"}: the name is recorded as who acted in a history.
-    api_tokens: dict[str, str] = Field(default_factory=dict)
+    api_tokens: dict[str, str] = {}
     # Redis redelivers a message not acked within this many seconds, even if its task is still
     # running; every step timeout must stay below it.
     visibility_timeout: int = 3600
@@ -32,5 +33,10 @@ class Settings(BaseSettings):
     publish_timeout: float = 2.0
     # Workers that build a SagaQ serve Prometheus metrics on this port when it is set.
     metrics_port: int | None = None
+    # Logs: "json" makes every log line one JSON object with typed fields.
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    # The dashboard links each step to its Celery task in Flower at this URL.
+    flower_url: str | None = None
     # A span per step and compensation (OpenTelemetry's global tracer provider), if installed.
     tracing: bool = False

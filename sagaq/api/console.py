@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sagaq.api.auth import TOKEN_COOKIE, TokenCheck, require_dashboard_token
 from sagaq.api.console_pages import (
@@ -35,23 +34,18 @@ from sagaq.api.pages import not_found_page
 from sagaq.client import SagaQ
 from sagaq.errors import InvalidInputError, InvalidStateError, SagaNotFoundError
 from sagaq.retention import parse_age
+from sagaq.settings import Settings
 from sagaq.status import SagaStatus
 from sagaq.store.history import CAUSES, SagaFilter, SagaPage, StatusCounts
 
 PAGE_SIZE = 50
 
 
-class ConsoleSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SAGAQ_", extra="ignore")
-
-    flower_url: str | None = None  # SAGAQ_FLOWER_URL: each step links to its task there
-
-
 def console_router(engine: SagaQ, check: TokenCheck) -> APIRouter:
     router = APIRouter(
         include_in_schema=False, dependencies=[Depends(require_dashboard_token(check))]
     )
-    flower_url = ConsoleSettings().flower_url
+    flower_url = Settings().flower_url  # SAGAQ_FLOWER_URL: each step links to its task there
     csrf = CsrfTokens(check)
 
     def find(query: ListQuery) -> tuple[SagaPage, StatusCounts]:

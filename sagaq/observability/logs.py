@@ -15,21 +15,14 @@ import sys
 import weakref
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from sagaq.observability.publishers import LogPublisher
+from sagaq.settings import Settings
 
 if TYPE_CHECKING:
     from sagaq.client import SagaQ
-
-
-class LogSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SAGAQ_", extra="ignore")
-
-    log_format: Literal["text", "json"] = "text"
-    log_level: str = "INFO"
 
 
 def json_formatter() -> logging.Formatter:
@@ -53,7 +46,7 @@ def install_logging(
 ) -> logging.Formatter | None:
     """Log every saga event of `engine` (once), and with the json format (SAGAQ_LOG_FORMAT)
     format the root logger's output, and Celery's, as JSON. Returns the JSON formatter."""
-    settings = LogSettings()
+    settings = Settings()
     if engine is not None and engine.events not in _logged:
         _logged.add(engine.events)
         engine.events.subscribe(LogPublisher())
