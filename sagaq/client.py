@@ -427,22 +427,27 @@ class SagaQ:
         return SagaResult.from_record(record)
 
     def wait(self, saga_id: str, timeout: float = 30.0) -> SagaResult:
-        """Poll the store until the saga is COMPLETED, COMPENSATED or FAILED."""
+        """Block until the saga is COMPLETED, COMPENSATED or FAILED. On PostgreSQL the store
+        notifies (LISTEN/NOTIFY) and this wakes at once; polling is the fallback."""
         deadline = time.monotonic() + timeout
         started = time.monotonic()
         pause = 0.005
-        while True:
-            result = self.status(saga_id)
-            if result.status.is_terminal:
-                return result
-            if time.monotonic() >= deadline:
-                raise SagaTimeoutError(
-                    f"saga {saga_id} is still {result.status} after {timeout:g}s"
-                )
-            time.sleep(pause)
-            # Short sagas finish in tens of ms: poll every 10 ms for the first 2 s, then back off
-            # (a status read is one indexed query, flat in table size).
-            pause = min(pause * 1.5, 0.01 if time.monotonic() - started < 2 else 0.1)
+        with self.store.finish_signal(saga_id) as finished:
+            while True:
+                result = self.status(saga_id)
+                if result.status.is_terminal:
+                    return result
+                if time.monotonic() >= deadline:
+                    raise SagaTimeoutError(
+                        f"saga {saga_id} is still {result.status} after {timeout:g}s"
+                    )
+                if finished is not None:  # pushed: the poll is only a safety net
+                    finished.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                    continue
+                time.sleep(pause)
+                # Short sagas finish in tens of ms: poll every 10 ms for the first 2 s, then
+                # back off (a status read is one indexed query, flat in table size).
+                pause = min(pause * 1.5, 0.01 if time.monotonic() - started < 2 else 0.1)
 
     def list(
         self,

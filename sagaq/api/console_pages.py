@@ -241,15 +241,18 @@ def _failure(view: SagaView) -> str:
         lines.append(f"step <code>{escape(r.failed_step)}</code> failed{escape(detail)}")
     if r.error and (not lines or r.error not in lines[0]):
         lines.append(escape(r.error))
+    shown = ""
     if lines:
         title = "Compensation triggered by" if r.compensated_steps else "Error"
-        return f'<div class="callout error"><strong>{title}</strong>{"<br>".join(lines)}</div>'
-    earlier = [e for e in view.events if e.error and e.kind in ("saga", "step", "compensation")]
+        shown = f'<div class="callout error"><strong>{title}</strong>{"<br>".join(lines)}</div>'
+    retried = [i for i, e in enumerate(view.events) if e.kind == "operator" and e.status == "RETRY"]
+    before = view.events[: retried[-1]] if retried else []
+    earlier = [e for e in before if e.error and e.kind in ("saga", "step", "compensation")]
     if not earlier:
-        return ""
+        return shown
     last = earlier[-1]
     where = f"step <code>{escape(last.step)}</code>: " if last.step else ""
-    return (
+    return shown + (
         '<div class="callout earlier"><strong>Earlier failure (before a retry)</strong>'
         f"{when(last.at)} · {where}{escape(last.error or '')}</div>"
     )

@@ -91,6 +91,15 @@ class StoreBase:
         except OperationalError as exc:
             raise self._unavailable(exc) from exc
 
+    @contextmanager
+    def finish_signal(self, saga_id: str) -> Iterator[threading.Event | None]:
+        """An Event set when the saga becomes terminal, where the database can push it
+        (PostgreSQL); None: poll."""
+        yield None
+
+    def _finished(self, conn: Connection, saga_id: str) -> None:
+        """The saga became terminal in this transaction: tell the waiters (at commit)."""
+
     def _lock_saga(self, conn: Connection, saga_id: str) -> None:
         """PostgreSQL: take the saga's row lock first, so that transactions which may finish
         the saga run one after the other and each sees what the previous one committed

@@ -335,6 +335,7 @@ class CompensationTransitions(StoreReads):
             )
             if moved.rowcount == 1:
                 self._event(conn, saga_id, "saga", now, status=S.FAILED, error=message)
+                self._finished(conn, saga_id)
         return True
 
     def finish_compensation(self, saga_id: str) -> bool:
@@ -355,6 +356,7 @@ class CompensationTransitions(StoreReads):
             return False
         took = round((now - done.created_at) * 1000, 3)
         self._event(conn, saga_id, "saga", now, status=S.COMPENSATED, duration_ms=took)
+        self._finished(conn, saga_id)
         return True
 
     def resume_compensation(
@@ -372,7 +374,8 @@ class CompensationTransitions(StoreReads):
                     saga.c.status.in_(_RESUMED),
                     exists().where(steps, saga_step.c.status == T.COMPENSATION_FAILED),
                 )
-                .values(status=S.COMPENSATING, updated_at=now, finished_at=None)
+                # The compensation's failure stays in the history (and on the dashboard).
+                .values(status=S.COMPENSATING, error=None, updated_at=now, finished_at=None)
             )
             if won.rowcount != 1:
                 return None

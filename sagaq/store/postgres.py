@@ -10,21 +10,31 @@ deterministic simulation checks; tests/integration/test_store.py runs both."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import cached_property
 from types import SimpleNamespace
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event, func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from sagaq.errors import StoreUnavailableError
-from sagaq.status import SAGA_ACTIVE, STEP_DONE, SagaStatus, StepStatus
+from sagaq.status import (
+    SAGA_ACTIVE,
+    STEP_BLOCKS_COMPENSATED,
+    STEP_DONE,
+    SagaStatus,
+    StepStatus,
+)
 from sagaq.store.base import task_of
 from sagaq.store.connect import first_line, make_engine
+from sagaq.store.notify import CHANNEL, FinishListener
 from sagaq.store.records import StepClaim, run_claim
 from sagaq.store.store import SagaStore
 
@@ -125,7 +135,74 @@ WITH done AS (
     FROM counted WHERE steps_left = 0 AND status = '{S.COMPLETED}'
 )
 SELECT (SELECT count(*) FROM done),
-       (SELECT count(*) FROM counted WHERE steps_left = 0 AND status = '{S.COMPLETED}')
+       (SELECT count(pg_notify('{CHANNEL}', %(sid)s)) FROM counted
+        WHERE steps_left = 0 AND status = '{S.COMPLETED}')
+"""
+
+
+_UNSETTLED = f"""(d.status IN {_in(STEP_BLOCKS_COMPENSATED)}
+          OR (d.undoable AND (d.status = '{T.COMPLETED}'
+                              OR (d.status = '{T.FAILED}' AND d.applied))))"""
+
+# Sent after LOCK in the same transaction (pipelined: one round trip), so that its snapshot
+# sees whatever the previous holder of the saga's lock committed.
+LOCK = "SELECT status FROM saga WHERE id = %(sid)s FOR UPDATE"
+
+CLAIM_UNDO = f"""
+WITH claimed AS (
+    UPDATE saga_step SET
+        status = '{T.COMPENSATING}',
+        compensation_attempts = compensation_attempts + 1,
+        compensation_started_at = COALESCE(compensation_started_at, %(now)s),
+        heartbeat_at = %(now)s, task_id = %(task_id)s, resume_token = NULL
+    WHERE saga_id = %(sid)s AND name = %(step)s AND undoable
+      AND (status = '{T.COMPLETED}' OR (status = '{T.FAILED}' AND applied)
+           OR (status = '{T.COMPENSATING}'
+               AND (heartbeat_at <= %(expired)s OR resume_token = %(token)s)))
+      AND EXISTS (SELECT 1 FROM saga WHERE id = %(sid)s AND status = '{S.COMPENSATING}')
+      AND NOT EXISTS (SELECT 1 FROM saga_step d
+                      WHERE d.saga_id = %(sid)s AND d.name = ANY(%(dependents)s::text[])
+                        AND {_UNSETTLED})
+    RETURNING compensation_attempts, result
+), logged AS (
+    INSERT INTO saga_event (saga_id, at, kind, step, status, attempt, worker, task_id)
+    SELECT %(sid)s, %(now)s, 'compensation', %(step)s, '{T.COMPENSATING}',
+           compensation_attempts, %(worker)s, %(task_id)s
+    FROM claimed
+)
+SELECT c.compensation_attempts AS attempts, c.result AS undo_result, s.input, s.headers,
+       st.name, st.status, st.result, st.data
+FROM claimed c
+JOIN saga s ON s.id = %(sid)s
+LEFT JOIN saga_step st ON st.saga_id = s.id AND st.name = ANY(%(wanted)s::text[])
+ORDER BY st.position
+"""
+
+COMPLETE_UNDO = f"""
+WITH done AS (
+    UPDATE saga_step SET status = '{T.COMPENSATED}', compensated_at = %(now)s
+    WHERE saga_id = %(sid)s AND name = %(step)s AND status = '{T.COMPENSATING}'
+      AND compensation_attempts = %(attempt)s
+    RETURNING saga_id
+), logged AS (
+    INSERT INTO saga_event (saga_id, at, kind, step, status, attempt, duration_ms, worker)
+    SELECT saga_id, %(now)s, 'compensation', %(step)s, '{T.COMPENSATED}', %(attempt)s,
+           %(duration)s, %(worker)s
+    FROM done
+), finished AS (
+    UPDATE saga SET status = '{S.COMPENSATED}', updated_at = %(now)s, finished_at = %(now)s
+    WHERE id = %(sid)s AND status = '{S.COMPENSATING}' AND EXISTS (SELECT 1 FROM done)
+      AND NOT EXISTS (SELECT 1 FROM saga_step d
+                      WHERE d.saga_id = %(sid)s AND d.name <> %(step)s AND {_UNSETTLED})
+    RETURNING created_at
+), logged_finish AS (
+    INSERT INTO saga_event (saga_id, at, kind, status, duration_ms)
+    SELECT %(sid)s, %(now)s, 'saga', '{S.COMPENSATED}',
+           round(((%(now)s - created_at) * 1000)::numeric, 3)
+    FROM finished
+)
+SELECT (SELECT count(*) FROM done),
+       (SELECT count(pg_notify('{CHANNEL}', %(sid)s)) FROM finished)
 """
 
 
@@ -149,6 +226,19 @@ class PostgresStore(SagaStore):
 
             self._fast, self._async = fast, lazy
         return self._fast, self._async
+
+    @cached_property
+    def _listener(self) -> FinishListener:
+        url = make_url(self.url).set(drivername="postgresql")
+        return FinishListener(url.render_as_string(hide_password=False))
+
+    @contextmanager
+    def finish_signal(self, saga_id: str) -> Iterator[threading.Event | None]:
+        with self._listener.signal(saga_id) as event:
+            yield event
+
+    def _finished(self, conn: Connection, saga_id: str) -> None:
+        conn.execute(select(func.pg_notify(CHANNEL, saga_id)))
 
     def dispose(self) -> None:
         for pool in (self._fast, self._async):
@@ -301,6 +391,69 @@ class PostgresStore(SagaStore):
         }
         with self._raw() as conn:
             row = conn.execute(COMPLETE, params, prepare=True).fetchone()
+        assert row is not None
+        return row[0] == 1, row[1] == 1
+
+    # -- the compensation path ----------------------------------------------------------------
+
+    def claim_compensation(
+        self,
+        saga_id: str,
+        step: str,
+        *,
+        dependents: Sequence[str],
+        wanted: Sequence[str],
+        lease: float,
+        stop_running: bool = False,
+        token: str = "",
+        worker: str | None = None,
+    ) -> StepClaim:
+        """The common case (the step may stand, nothing depending on it is unsettled) in one
+        round trip; anything else (wait, write-off, nothing to undo) takes the portable path."""
+        now = self.clock()
+        params = {
+            "sid": saga_id,
+            "step": step,
+            "token": token,
+            "task_id": task_of(token),
+            "now": now,
+            "expired": now - lease,
+            "dependents": list(dependents),
+            "wanted": sorted({*wanted, step}),
+            "worker": worker or self.worker,
+        }
+        with self._raw() as conn, conn.pipeline(), conn.transaction():
+            conn.execute(LOCK, params, prepare=True)
+            cur = conn.execute(CLAIM_UNDO, params, prepare=True)
+        rows = [_row(cur.description, r) for r in cur.fetchall()]
+        if not rows:
+            return super().claim_compensation(
+                saga_id,
+                step,
+                dependents=dependents,
+                wanted=wanted,
+                lease=lease,
+                stop_running=stop_running,
+                token=token,
+                worker=worker,
+            )
+        return run_claim(rows, (), rows[0].attempts, rows[0].undo_result)
+
+    def complete_compensation(
+        self, saga_id: str, step: str, attempt: int, *, duration_ms: float | None = None
+    ) -> tuple[bool, bool]:
+        params = {
+            "sid": saga_id,
+            "step": step,
+            "attempt": attempt,
+            "now": self.clock(),
+            "duration": duration_ms,
+            "worker": self.worker,
+        }
+        with self._raw() as conn, conn.pipeline(), conn.transaction():
+            conn.execute(LOCK, params, prepare=True)
+            cur = conn.execute(COMPLETE_UNDO, params, prepare=True)
+        row = cur.fetchone()
         assert row is not None
         return row[0] == 1, row[1] == 1
 

@@ -421,6 +421,7 @@ class SagaStore(CompensationTransitions):
             return False
         took = round((now - done.created_at) * 1000, 3)
         self._event(conn, saga_id, "saga", now, status=S.COMPLETED, duration_ms=took)
+        self._finished(conn, saga_id)
         return True
 
     def finish_saga(self, saga_id: str) -> bool:
@@ -489,6 +490,7 @@ class SagaStore(CompensationTransitions):
                 )
                 if moved.rowcount == 1:
                     self._event(conn, saga_id, "saga", now, status=S.FAILED, error=message)
+                    self._finished(conn, saga_id)
             else:
                 self._try_finish_compensation(conn, saga_id, now)  # a late sibling
         return True
