@@ -32,6 +32,7 @@ from bench.config import (
     Counts,
 )
 from bench.cpu import CpuMeter, PidSource, pids_named, wait_until_quiet
+from bench.history_queries import QUERIES, history_times
 from bench.measure import (
     SYSTEMS,
     Throughput,
@@ -555,6 +556,7 @@ class Runner:
         thr = section.row("big.throughput", f"W1 throughput ({c.throughput} at once)", "sagas/s")
         s50 = section.row("big.status_p50", f"engine.status(id) p50 ({c.status_queries})", "ms")
         s99 = section.row("big.status_p99", f"engine.status(id) p99 ({c.status_queries})", "ms")
+        history = {q: section.row(f"big.history.{q}", f"{q} (median)", "ms") for q in QUERIES}
         for label, filler in (("empty", 0), ("big", rows)):
             store_url = fresh_schema(f"big_{label}")
             if filler:
@@ -584,6 +586,8 @@ class Runner:
                         f"  {label}: W1 {got.per_s if got else math.nan:7.1f}/s, status() p50 "
                         f"{percentile(times, 50):.2f} ms p99 {percentile(times, 99):.2f} ms"
                     )
+                    for query, ms in history_times(store_url).items():  # the operator's queries
+                        getattr(history[query], column).append(ms)
         section.notes.append(self.background_note())
 
     def close(self) -> None:

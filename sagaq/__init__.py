@@ -6,7 +6,9 @@ from sagaq.definition import FailurePolicy, Saga, Step, StepContext
 from sagaq.definition.classes import compensation_step, saga, saga_of, saga_step
 from sagaq.errors import (
     BrokerUnavailableError,
+    ConfigurationError,
     DefinitionError,
+    IdempotencyConflictError,
     InvalidInputError,
     InvalidStateError,
     NonRetryableError,
@@ -52,7 +54,9 @@ __all__ = [
     "StepStatus",
     # errors
     "BrokerUnavailableError",
+    "ConfigurationError",
     "DefinitionError",
+    "IdempotencyConflictError",
     "InvalidInputError",
     "InvalidStateError",
     "NonRetryableError",

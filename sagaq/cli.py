@@ -2,12 +2,11 @@
 
 `status` and `list` read the database through SagaStore and never create a Celery app. Commands
 that publish work or need saga definitions (start, cancel, retry, sweep, graph, worker) load the
-engine named by --app (default: $SAGAQ_APP, else workers.main:engine).
+engine named by --app (default: $SAGAQ_APP; sagaq.loader, shared with the API).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shlex
@@ -28,15 +27,20 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from sagaq.cli_views import saga_view, sagas_table, since_timestamp, to_json
+from sagaq import loader
+from sagaq.cli_history import history_view, page_json, page_view
+from sagaq.cli_views import saga_view, since_timestamp, to_json
 from sagaq.client import SagaQ, SagaResult
 from sagaq.errors import SagaNotFoundError, SagaqError, SagaTimeoutError
 from sagaq.graph import FORMATS, render
+from sagaq.retention import BATCH, count_purgeable, finished_statuses, parse_age
+from sagaq.retention import purge as purge_sagas
 from sagaq.settings import Settings
 from sagaq.status import SagaStatus
 from sagaq.store import SagaStore
+from sagaq.store.history import CAUSES, SagaFilter, SagaHistory
 
-DEFAULT_APP = "workers.main:engine"
+CLI_ACTOR = "cli"  # the actor of cancel and retry in a saga's history
 
 
 class UserError(click.ClickException):
@@ -59,9 +63,16 @@ class _Commands(click.Group):
             raise UserError(f"database error: {reason}") from None
 
 
+# Wide enough that no table row is ever folded when the output goes to a pipe or a file.
+PIPED_WIDTH = 10_000
+
+
 def _console(*, stderr: bool = False) -> Console:
-    # Made per call: the console must follow the current stdout/stderr and $COLUMNS.
-    return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
+    # Made per call: the console must follow the current stdout/stderr and $COLUMNS. Piped
+    # output is read by programs (grep, awk): never wrapped at 80 columns unless $COLUMNS says.
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr, width=width)
 
 
 def _warn(message: str) -> None:
@@ -72,28 +83,15 @@ app_option = click.option(
     "--app",
     "app_spec",
     envvar="SAGAQ_APP",
-    default=DEFAULT_APP,
-    show_default=True,
+    default=None,
     metavar="MODULE:ATTR",
     help="The SagaQ engine to use (env SAGAQ_APP).",
 )
 
 
-def load_engine(spec: str) -> SagaQ:
-    """Import `module:attribute` (from the current directory too, like celery -A does)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UserError(f"--app must look like module:attribute, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"cannot import {module_name!r} (from --app / SAGAQ_APP): {exc}") from None
-    engine = getattr(module, attr, None)
-    if not isinstance(engine, SagaQ):
-        raise UserError(f"{spec} is not a SagaQ engine (got {type(engine).__name__})")
-    return engine
+def load_engine(spec: str | None) -> SagaQ:
+    """The engine named by --app / SAGAQ_APP (sagaq.loader: one loader for CLI and API)."""
+    return loader.load_engine(spec)
 
 
 def _engine_method(engine: SagaQ, name: str) -> Callable[..., Any]:
@@ -139,9 +137,9 @@ def cli() -> None:
 @cli.command()
 def demo() -> None:
     """Run two example orders on the embedded default (no services needed)."""
-    from tasks.demo import run_demo
+    from sagaq.demo import run_demo
 
-    sys.exit(run_demo())
+    sys.exit(run_demo(_console()))
 
 
 @cli.command()
@@ -189,7 +187,8 @@ def _parse_input(raw: str) -> Any:
 def _watch(engine: SagaQ, saga_id: str, timeout: float) -> SagaResult:
     deadline = time.monotonic() + timeout
     result = engine.status(saga_id)
-    with Live(saga_view(result), console=_console(), refresh_per_second=8) as live:
+    console = _console()
+    with Live(saga_view(result), console=console, refresh_per_second=8) as live:
         while not result.status.is_terminal:
             if time.monotonic() > deadline:
                 raise SagaTimeoutError(
@@ -199,23 +198,34 @@ def _watch(engine: SagaQ, saga_id: str, timeout: float) -> SagaResult:
             time.sleep(0.1)
             result = engine.status(saga_id)
             live.update(saga_view(result))
+    if not console.is_terminal:
+        console.line()  # Live leaves its last frame without a newline when not on a terminal
     return result
 
 
 @cli.command()
 @click.argument("saga_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(saga_id: str, as_json: bool) -> None:
+@click.option("--history", is_flag=True, help="Also show what happened to it, step by step.")
+def status(saga_id: str, as_json: bool, history: bool) -> None:
     """Show a saga and its steps, from the store (SAGAQ_STORE_URL)."""
     with _reading_store() as store:
         record = store.get(saga_id)
+        events = SagaHistory(store).events(saga_id) if history else []
     if record is None:
         raise SagaNotFoundError(saga_id)
     result = SagaResult.from_record(record)
     if as_json:
-        click.echo(to_json(asdict(result)))
+        from sagaq.api.schemas import SagaOut  # the API's shape: one JSON for both
+
+        shown = SagaOut.of(result).model_dump(mode="json")
+        if history:
+            shown["history"] = [asdict(e) for e in events]
+        click.echo(to_json(shown))
     else:
         _console().print(saga_view(result))
+        if history:
+            _console().print(history_view(events, result.created_at))
 
 
 @cli.command("list")
@@ -226,29 +236,57 @@ def status(saga_id: str, as_json: bool) -> None:
     help="Only sagas in this status.",
 )
 @click.option("--saga", help="Only sagas with this name.")
+@click.option("--key", help="The saga with this idempotency key (your business id).")
+@click.option("--id", "id_prefix", metavar="PREFIX", help="Sagas whose id starts with PREFIX.")
+@click.option("--cause", type=click.Choice(CAUSES), help="Why compensation began.")
 @click.option("--since", help="Only sagas started in the last 30s/10m/2h/1d, or since an ISO date.")
+@click.option("--until", help="Only sagas started before this (same forms as --since).")
+@click.option("--cursor", help="Continue after the previous page (printed under it).")
+@click.option("--counts", is_flag=True, help="Also count the matches per status.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_(
-    status_: str | None, saga: str | None, since: str | None, limit: int, as_json: bool
+    status_: str | None,
+    saga: str | None,
+    key: str | None,
+    id_prefix: str | None,
+    cause: str | None,
+    since: str | None,
+    until: str | None,
+    cursor: str | None,
+    counts: bool,
+    limit: int,
+    as_json: bool,
 ) -> None:
-    """List sagas, newest first, from the store (SAGAQ_STORE_URL)."""
-    try:
-        after = since_timestamp(since, now=time.time()) if since else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
+    """List sagas, newest first, a page at a time, from the store (SAGAQ_STORE_URL)."""
+    where = SagaFilter(
+        name=saga,
+        status=SagaStatus(status_.upper()) if status_ else None,
+        cause=cause,
+        key=key,
+        id_prefix=id_prefix,
+        since=_moment(since, "--since"),
+        until=_moment(until, "--until"),
+    )
     with _reading_store() as store:
-        records = store.list_sagas(
-            status=SagaStatus(status_.upper()) if status_ else None,
-            name=saga,
-            since=after,
-            limit=limit,
-        )
-    results = [SagaResult.from_record(r) for r in records]
-    if as_json:
-        click.echo(to_json([{k: v for k, v in asdict(r).items() if k != "steps"} for r in results]))
+        history = SagaHistory(store)
+        page = history.search(where, cursor=cursor, limit=limit)
+        tally = history.count_by_status(where) if counts else None
+    if as_json:  # stdout stays one JSON array; what else there is goes to stderr
+        click.echo(to_json(page_json(page)))
+        if tally is not None:
+            click.echo(to_json({str(k): n for k, n in tally.counts.items()}), err=True)
+        if page.next_cursor:
+            click.echo(f"more: --cursor {page.next_cursor}", err=True)
     else:
-        _console().print(sagas_table(results))
+        _console().print(page_view(page, tally))
+
+
+def _moment(text: str | None, option: str) -> float | None:
+    try:
+        return since_timestamp(text, now=time.time()) if text else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 @cli.command()
@@ -259,19 +297,48 @@ def cancel(saga_id: str, reason: str, app_spec: str) -> None:
     """Stop a saga and compensate the steps it completed."""
     engine = load_engine(app_spec)
     with _console(stderr=True).status(f"cancelling {saga_id}..."):
-        result = _engine_method(engine, "cancel")(saga_id, reason=reason)
+        result = _engine_method(engine, "cancel")(saga_id, reason=reason, actor=CLI_ACTOR)
     _console().print(saga_view(result))
 
 
 @cli.command()
 @click.argument("saga_id")
+@click.option("--reason", help="Why: kept in the saga's history.")
 @app_option
-def retry(saga_id: str, app_spec: str) -> None:
+def retry(saga_id: str, reason: str | None, app_spec: str) -> None:
     """Resume a FAILED saga (a compensation that gave up, or steps after the pivot)."""
     engine = load_engine(app_spec)
     with _console(stderr=True).status(f"retrying {saga_id}..."):
-        result = _engine_method(engine, "retry")(saga_id)
+        result = _engine_method(engine, "retry")(saga_id, actor=CLI_ACTOR, reason=reason)
     _console().print(saga_view(result))
+
+
+@cli.command()
+@click.option("--older-than", required=True, metavar="AGE", help="30d, 12h, 2w...")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in SagaStatus if s.is_terminal], case_sensitive=False),
+    help="Repeatable. Default: COMPLETED and COMPENSATED (FAILED only when named).",
+)
+@click.option("--batch", type=click.IntRange(min=1), default=BATCH, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Count what would go, delete nothing.")
+def purge(older_than: str, statuses: tuple[str, ...], batch: int, dry_run: bool) -> None:
+    """Delete finished sagas older than AGE, with their steps and history, in small batches.
+    Unfinished sagas are never deleted."""
+    age = parse_age(older_than)
+    chosen = finished_statuses(statuses or None)
+    with _reading_store() as store:
+        if dry_run:
+            count = count_purgeable(store, older_than=age, statuses=chosen)
+            _console().print(f"{count} sagas ({', '.join(chosen)}) would be deleted")
+            return
+        report = purge_sagas(store, older_than=age, statuses=chosen, batch=batch)
+    _console().print(
+        f"[green]✔[/] deleted {report.sagas} sagas ({', '.join(chosen)}) older than "
+        f"{escape(older_than)} in {report.batches} batches, {report.seconds:g} s"
+    )
 
 
 @cli.command()
@@ -367,8 +434,8 @@ def _celery_program() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "celery"]
 
 
-def _celery_app_spec(app_spec: str, engine: SagaQ) -> str:
-    module_name = app_spec.partition(":")[0]
+def _celery_app_spec(app_spec: str | None, engine: SagaQ) -> str:
+    module_name = (app_spec or Settings().app or "").partition(":")[0]
     found = (k for k, v in vars(sys.modules[module_name]).items() if v is engine.app)
     name = next(found, None)
     return f"{module_name}:{name}" if name else module_name

@@ -76,18 +76,18 @@ def saga_view(result: SagaResult) -> RenderableType:
 
 
 def _step_row(step: StepResult) -> tuple[str, ...]:
-    # A step being (or having been) undone did complete first: one column each way.
-    undone = step.status in UNDO_STATUSES
-    forward = StepStatus.COMPLETED if undone else step.status
-    undo = styled(step.status) if undone else ""
-    if step.compensation_attempts > 1:
-        undo += f"\n{step.compensation_attempts} attempts"
+    # The status is the step's own, as in `--json` and the API; how its undo went (attempts,
+    # error) is in the compensation and error columns.
+    undo = ""
+    if step.status in UNDO_STATUSES or step.compensation_attempts:
+        attempts = step.compensation_attempts
+        undo = f"{attempts} attempt{'s' if attempts != 1 else ''}" if attempts else "queued"
     errors = [f"[red]{escape(step.error)}[/]"] if step.error else []
     if step.compensation_error:
         errors.append(f"[red]undo: {escape(step.compensation_error)}[/]")
     return (
         escape(step.name),
-        styled(forward),
+        styled(step.status),
         str(step.attempts),
         duration(step.duration_ms),
         "\n".join(errors),

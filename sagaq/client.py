@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from celery import Celery
+from sqlalchemy.exc import SQLAlchemyError
 
+from sagaq.app_config import (
+    adopt_default_queue,
+    apply_safe_settings,
+    check_saga_fits,
+    install_worker_checks,
+)
 from sagaq.definition.saga import Saga
 from sagaq.errors import (
     DefinitionError,
+    IdempotencyConflictError,
     InvalidInputError,
     SagaNotFoundError,
     SagaTimeoutError,
+    StoreUnavailableError,
     UnknownSagaError,
 )
 from sagaq.observability.events import EventBus
+from sagaq.observability.metrics import install_worker_metrics
+from sagaq.observability.tracing import install_tracing
+from sagaq.retention import install_purge_task
 from sagaq.runtime import (
     Runtime,
     SweepReport,
@@ -29,9 +44,10 @@ from sagaq.runtime import (
     start_saga,
     sweep,
 )
-from sagaq.runtime.base import DEFAULT_HEARTBEAT
+from sagaq.settings import Settings
 from sagaq.status import SagaStatus, StepStatus
 from sagaq.store import SagaRecord, SagaStore, StepRecord
+from sagaq.store.history import SagaHistory
 
 
 @dataclass(frozen=True)
@@ -108,12 +124,8 @@ def _step_result(s: StepRecord) -> StepResult:
 
 # Inputs travel in SQL rows and are read by every step: keep them small (put blobs elsewhere).
 MAX_INPUT_BYTES = 256 * 1024
-
-
-def _heartbeat_setting() -> float:
-    import os
-
-    return float(os.environ.get("SAGAQ_HEARTBEAT", DEFAULT_HEARTBEAT))
+# The store's idempotency_key column is VARCHAR(200): longer keys are refused before any SQL.
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
 def _as_saga(definition: object) -> Saga:
@@ -121,6 +133,37 @@ def _as_saga(definition: object) -> Saga:
     if not isinstance(found, Saga):
         raise DefinitionError(f"{definition!r} is not a Saga (nor a Tcc or an @saga class)")
     return found
+
+
+def _check_start_options(
+    idempotency_key: str | None, deadline: float | None, headers: dict[str, str] | None
+) -> None:
+    """Refuse what the store would reject (or mangle) before any SQL runs."""
+    if idempotency_key is not None:
+        if not isinstance(idempotency_key, str) or not idempotency_key:
+            raise InvalidInputError("idempotency_key must be a non-empty string")
+        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise InvalidInputError(
+                f"idempotency_key is {len(idempotency_key)} characters; the limit is "
+                f"{MAX_IDEMPOTENCY_KEY_LENGTH}"
+            )
+    if deadline is not None and not deadline > 0:
+        raise InvalidInputError(f"deadline must be > 0 seconds, got {deadline!r}")
+    for key, value in (headers or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidInputError(
+                f"header {key!r} must map a string to a string, got {type(value).__name__}"
+            )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _store_failure(store: SagaStore, exc: SQLAlchemyError) -> str:
+    """What a caller sees instead of a driver exception: the URL without its password."""
+    reason = _first_line(getattr(exc, "orig", None) or exc)
+    return f"the saga store {store.safe_url} is unavailable: {reason}"
 
 
 class SagaHandle:
@@ -140,6 +183,9 @@ class SagaHandle:
     def wait(self, timeout: float = 30.0) -> SagaResult:
         return self.engine.wait(self.id, timeout)
 
+    async def wait_async(self, timeout: float = 30.0) -> SagaResult:
+        return await self.engine.wait_async(self.id, timeout)
+
 
 class SagaQ:
     """The engine: a Celery app, a store, and the sagas registered with them."""
@@ -151,19 +197,31 @@ class SagaQ:
         *,
         max_input_bytes: int = MAX_INPUT_BYTES,
         heartbeat: float | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        """`store`: a URL (nothing connects until first use) or a SagaStore. `heartbeat`:
-        seconds between lease renewals of a running step (default SAGAQ_HEARTBEAT, 10); a
-        step whose worker died is recovered after three missed beats."""
+        """`app` may be a plain `Celery(...)`: it gets sagaq's safe settings where the user
+        set none (see sagaq.app_config). `store`: a URL (nothing connects until first use) or
+        a SagaStore. `heartbeat`: seconds between lease renewals of a running step (default
+        SAGAQ_HEARTBEAT, 10); a step whose worker died is recovered after three missed beats.
+        `settings` defaults to the SAGAQ_* environment."""
         self.app = app
         self.max_input_bytes = max_input_bytes
+        self.settings = settings or Settings()
+        apply_safe_settings(app, self.settings)
         self.store = store if isinstance(store, SagaStore) else SagaStore(store)
         self.sagas: dict[str, Saga] = {}
         self.events = EventBus()
-        beat = heartbeat if heartbeat is not None else _heartbeat_setting()
+        beat = heartbeat if heartbeat is not None else self.settings.heartbeat
         self.runtime = Runtime(app, self.store, self.events, self.sagas, heartbeat=beat)
         install_control_tasks(self.runtime)
         install_sweep_task(self.runtime)
+        install_purge_task(self)  # retention, for beat: see sagaq.retention.purge_schedule
+        # Only act inside a worker of this app: log unsafe settings and unconsumed queues,
+        # serve metrics when SAGAQ_METRICS_PORT is set.
+        install_worker_checks(self)
+        install_worker_metrics(self, self.settings.metrics_port)
+        if self.settings.tracing:
+            install_tracing(self)
 
     def register(self, *definitions: Saga | object) -> None:
         """Validate each saga and create its Celery tasks (`<saga>.<step>`). Takes Saga
@@ -184,7 +242,9 @@ class SagaQ:
                 continue
             if known is not None:
                 raise DefinitionError(f"another saga named {saga.name!r} is already registered")
-            saga.validate()
+            saga.freeze()
+            adopt_default_queue(self.app, saga)
+            check_saga_fits(self.app, saga)
             self._check_visibility_timeout(saga)
             install_saga_tasks(self.runtime, saga)
             self.sagas[saga.name] = saga
@@ -235,27 +295,97 @@ class SagaQ:
         `deadline` (seconds, default the saga's) compensates the saga if it is not done by
         then. `headers` (correlation id, tracing ids) reach every step as ctx.headers.
 
-        A repeated idempotency key returns the existing saga. Bad input raises
-        InvalidInputError with nothing written; a broker that is down raises
-        BrokerUnavailableError and the saga is removed again, so nothing half-started remains.
+        A repeated idempotency key returns the existing saga; with different input it raises
+        IdempotencyConflictError. Bad input, keys over 200 characters, a deadline <= 0 and
+        non-string headers raise InvalidInputError before any SQL. A broker that is down
+        raises BrokerUnavailableError within SAGAQ_PUBLISH_TIMEOUT and the saga is removed
+        again, so nothing half-started remains; a database error is StoreUnavailableError.
         """
         saga = self.saga(name)
+        _check_start_options(idempotency_key, deadline, headers)
+        data = self._valid_input(saga, input)
+        existing: SagaRecord | None = None
+        try:
+            saga_id, created = start_saga(
+                self.runtime,
+                saga,
+                data,
+                idempotency_key=idempotency_key,
+                deadline=deadline,
+                headers=headers,
+            )
+            if not created:
+                existing = self.store.get(saga_id)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailableError(_store_failure(self.store, exc)) from None
+        # Compared in their stored (JSON) form, so {"a": 1} and a model dumping to it match.
+        if existing is not None and existing.input != data:
+            raise IdempotencyConflictError(idempotency_key or "", saga_id)
+        return SagaHandle(self, saga_id, created)
+
+    def _valid_input(self, saga: Saga, input: Any) -> dict[str, Any]:
+        """The stored form of `input`, checked to load back into the saga's model (steps
+        validate it again) and to fit the size limit in UTF-8 bytes."""
         data = saga.parse_input({} if input is None else input)
-        size = len(json.dumps(data))
+        if saga.input_model is not None:
+            try:
+                saga.input_model.model_validate(data)
+            except ValueError as exc:
+                raise InvalidInputError(
+                    f"input model {saga.input_model.__name__} of saga {saga.name!r} does not "
+                    "accept its own output (model_dump then model_validate fails: field "
+                    "aliases without populate_by_name, or a computed_field with "
+                    f"extra='forbid'?): {_first_line(exc)}"
+                ) from None
+        size = len(json.dumps(data, ensure_ascii=False).encode())
         if size > self.max_input_bytes:
             raise InvalidInputError(
-                f"input for saga {name!r} is {size} bytes; the limit is {self.max_input_bytes} "
-                "(store large payloads elsewhere and pass a reference)"
+                f"input for saga {saga.name!r} is {size} bytes; the limit is "
+                f"{self.max_input_bytes} (store large payloads elsewhere and pass a reference)"
             )
-        saga_id, created = start_saga(
-            self.runtime,
-            saga,
-            data,
-            idempotency_key=idempotency_key,
-            deadline=deadline,
-            headers=headers,
+        return data
+
+    async def start_async(
+        self,
+        name: str,
+        input: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> SagaHandle:
+        """`start()` for async web apps: the SQL and the publish run on a worker thread, so
+        the event loop is never blocked."""
+        return await asyncio.to_thread(
+            functools.partial(
+                self.start,
+                name,
+                input,
+                idempotency_key=idempotency_key,
+                deadline=deadline,
+                headers=headers,
+            )
         )
-        return SagaHandle(self, saga_id, created)
+
+    async def status_async(self, saga_id: str) -> SagaResult:
+        """`status()` on a worker thread."""
+        return await asyncio.to_thread(self.status, saga_id)
+
+    async def wait_async(self, saga_id: str, timeout: float = 30.0) -> SagaResult:
+        """`wait()` that sleeps with asyncio between polls (each poll on a worker thread)."""
+        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        pause = 0.005
+        while True:
+            result = await self.status_async(saga_id)
+            if result.status.is_terminal:
+                return result
+            if time.monotonic() >= deadline:
+                raise SagaTimeoutError(
+                    f"saga {saga_id} is still {result.status} after {timeout:g}s"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.01 if time.monotonic() - started < 2 else 0.1)
 
     def cancel(
         self, saga_id: str, reason: str = "cancelled", *, actor: str | None = None
@@ -263,16 +393,20 @@ class SagaQ:
         """Stop a saga and compensate what it did. Steps not yet started never start; a step
         already running finishes and is then undone (Python code cannot be stopped safely
         mid-flight); a running sub-saga is cancelled too. Raises InvalidStateError for a
-        finished saga and for one past its pivot step. `actor` is recorded in the history."""
+        finished saga and for one past its pivot step. `actor` (who asked: an API token's name,
+        "cli") is recorded in the saga's history."""
         current = self.status(saga_id)
         cancel(self.runtime, self.saga(current.saga), saga_id, reason, actor=actor)
         return self.status(saga_id)
 
-    def retry(self, saga_id: str, *, actor: str | None = None) -> SagaResult:
+    def retry(
+        self, saga_id: str, *, actor: str | None = None, reason: str | None = None
+    ) -> SagaResult:
         """Resume a FAILED saga: a compensation that gave up is tried again; a saga that
-        failed after its pivot step runs its remaining steps again."""
+        failed after its pivot step runs its remaining steps again. `actor` and `reason` are
+        for the saga's history."""
         current = self.status(saga_id)
-        retry(self.runtime, self.saga(current.saga), saga_id, actor=actor)
+        retry(self.runtime, self.saga(current.saga), saga_id, actor=actor, reason=reason)
         return self.status(saga_id)
 
     def sweep(self, *, stall_after: float | None = None) -> SweepReport:
@@ -281,6 +415,11 @@ class SagaQ:
         life (default: one lease, three heartbeats). Celery beat runs it as `sagaq.sweep`."""
         return sweep(self.runtime, stall_after=stall_after)
 
+    @cached_property
+    def history(self) -> SagaHistory:
+        """Find sagas, count them, read what happened to one (`sagaq.store.history`)."""
+        return SagaHistory(self.store)
+
     def status(self, saga_id: str) -> SagaResult:
         record = self.store.get(saga_id)
         if record is None:
@@ -288,22 +427,27 @@ class SagaQ:
         return SagaResult.from_record(record)
 
     def wait(self, saga_id: str, timeout: float = 30.0) -> SagaResult:
-        """Poll the store until the saga is COMPLETED, COMPENSATED or FAILED."""
+        """Block until the saga is COMPLETED, COMPENSATED or FAILED. On PostgreSQL the store
+        notifies (LISTEN/NOTIFY) and this wakes at once; polling is the fallback."""
         deadline = time.monotonic() + timeout
         started = time.monotonic()
         pause = 0.005
-        while True:
-            result = self.status(saga_id)
-            if result.status.is_terminal:
-                return result
-            if time.monotonic() >= deadline:
-                raise SagaTimeoutError(
-                    f"saga {saga_id} is still {result.status} after {timeout:g}s"
-                )
-            time.sleep(pause)
-            # Short sagas finish in tens of ms: poll every 10 ms for the first 2 s, then back off
-            # (a status read is one indexed query, flat in table size).
-            pause = min(pause * 1.5, 0.01 if time.monotonic() - started < 2 else 0.1)
+        with self.store.finish_signal(saga_id) as finished:
+            while True:
+                result = self.status(saga_id)
+                if result.status.is_terminal:
+                    return result
+                if time.monotonic() >= deadline:
+                    raise SagaTimeoutError(
+                        f"saga {saga_id} is still {result.status} after {timeout:g}s"
+                    )
+                if finished is not None:  # pushed: the poll is only a safety net
+                    finished.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+                    continue
+                time.sleep(pause)
+                # Short sagas finish in tens of ms: poll every 10 ms for the first 2 s, then
+                # back off (a status read is one indexed query, flat in table size).
+                pause = min(pause * 1.5, 0.01 if time.monotonic() - started < 2 else 0.1)
 
     def list(
         self,

@@ -1,26 +1,55 @@
 """Saga definition -> Celery canvas. Pure: no I/O, no broker, no database.
 
-The step DAG is first turned into a small shape tree (Leaf / Seq / Par), then into canvas:
-Seq -> chain, Par -> group (Celery turns a group followed by more work into a chord).
-Series-parallel DAGs compile exactly. A DAG that is not series-parallel (e.g. a->c, b->c, b->d)
-is layered by depth: still correct, at the cost of some waiting that the DAG does not demand.
-The same machinery compiles the compensation plan over the reversed dependency order.
+The shapes come from the saga's frozen plan (sagaq.plan): Leaf -> one task, Seq -> chain,
+Par -> group, and a group followed by more work -> an explicit chord whose body is the next
+task only, the rest of the sequence following in the same flat chain:
+
+    a, Par(b, c), d, e   ->   chain(a, chord(group(b, c), d), e)
+
+Never chord(group(b, c), chain(d, e)): every header task carries a copy of its chord's body,
+so a body holding the rest of the saga grows the message geometrically with each join (a
+chain of 10 diamonds froze into a 1 GB message). Celery 5.7 unrolls that form itself when it
+applies a chord, but not in `freeze()`; the flat form is what it would run anyway. For the
+same reason a group followed by another group (the layers of a DAG that is not
+series-parallel) is not chord(g1, chord(g2, ...)) but chord(g1, barrier), chord(g2, ...), the
+barrier being Celery's built-in no-op `celery.accumulate` (one extra hop per such layer; a
+ladder of 9 layers nested was a 187 MB message).
+Everything here is iterative, so a 1,000-step line compiles without RecursionError.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import Celery, chain, chord, group
 from celery.canvas import Signature
 
-from sagaq.definition.saga import Saga
+from sagaq.definition.saga import SAGAQ_TASK_PREFIX, Saga
+from sagaq.definition.shape import Leaf, Par, Seq, Shape
 
-STEP_FAILED_TASK = "sagaq.step_failed"
-SAGA_DONE_TASK = "sagaq.saga_done"
-COMPENSATION_DONE_TASK = "sagaq.compensation_done"
+__all__ = [
+    "COMPENSATION_DONE_TASK",
+    "SAGA_DONE_TASK",
+    "STEP_FAILED_TASK",
+    "BARRIER_TASK",
+    "Leaf",
+    "Par",
+    "Seq",
+    "Shape",
+    "compensation_shape",
+    "compensation_task_name",
+    "compile_compensation",
+    "compile_saga",
+    "forward_shape",
+    "step_task_name",
+]
+
+STEP_FAILED_TASK = f"{SAGAQ_TASK_PREFIX}step_failed"
+SAGA_DONE_TASK = f"{SAGAQ_TASK_PREFIX}saga_done"
+COMPENSATION_DONE_TASK = f"{SAGAQ_TASK_PREFIX}compensation_done"
+# Registered in every Celery app (celery.app.builtins); returns its arguments, does nothing.
+BARRIER_TASK = "celery.accumulate"
 
 
 def step_task_name(saga: str, step: str) -> str:
@@ -31,140 +60,86 @@ def compensation_task_name(saga: str, step: str) -> str:
     return f"{saga}.{step}.compensate"
 
 
-@dataclass(frozen=True)
-class Leaf:
-    step: str
-
-
-@dataclass(frozen=True)
-class Seq:
-    parts: tuple[Shape, ...]
-
-
-@dataclass(frozen=True)
-class Par:
-    parts: tuple[Shape, ...]
-
-
-Shape = Leaf | Seq | Par
-
-
-def shape_of(order: list[str], preds: Mapping[str, frozenset[str]]) -> Shape:
-    """Shape tree of `order` (a topological order) where preds[x] is everything that must
-    finish before x (transitively closed)."""
-    if len(order) == 1:
-        return Leaf(order[0])
-    components = _components(order, preds)
-    if len(components) > 1:
-        return Par(tuple(shape_of(c, preds) for c in components))
-    for cut in range(1, len(order)):
-        head, tail = order[:cut], order[cut:]
-        if all(preds[t].issuperset(head) for t in tail):
-            return _seq([shape_of(head, preds), shape_of(tail, preds)])
-    return _layered(order, preds)
-
-
-def _seq(parts: Iterable[Shape]) -> Seq:
-    flat: list[Shape] = []
-    for part in parts:
-        flat.extend(part.parts if isinstance(part, Seq) else [part])
-    return Seq(tuple(flat))
-
-
-def _components(order: list[str], preds: Mapping[str, frozenset[str]]) -> list[list[str]]:
-    """Weakly connected components, each kept in topological order."""
-    members = set(order)
-    parent = {n: n for n in order}
-
-    def root(n: str) -> str:
-        while parent[n] != n:
-            parent[n] = parent[parent[n]]
-            n = parent[n]
-        return n
-
-    for node in order:
-        for p in preds[node] & members:
-            parent[root(p)] = root(node)
-    groups: dict[str, list[str]] = {}
-    for node in order:
-        groups.setdefault(root(node), []).append(node)
-    return list(groups.values())
-
-
-def _layered(order: list[str], preds: Mapping[str, frozenset[str]]) -> Shape:
-    members = set(order)
-    depth: dict[str, int] = {}
-    for node in order:
-        depth[node] = 1 + max((depth[p] for p in preds[node] & members), default=-1)
-    layers: dict[int, list[str]] = {}
-    for node in order:
-        layers.setdefault(depth[node], []).append(node)
-    parts: list[Shape] = []
-    for d in sorted(layers):
-        leaves = tuple(Leaf(n) for n in layers[d])
-        parts.append(leaves[0] if len(leaves) == 1 else Par(leaves))
-    return Seq(tuple(parts))
-
-
 def forward_shape(saga: Saga, steps: Iterable[str] | None = None) -> Shape:
-    """The shape of the whole saga, or of `steps` only (work that remains after a recovery:
-    dependencies outside `steps` are already done)."""
-    order = saga.order()
-    if steps is not None:
-        chosen = set(steps)
-        order = [s for s in order if s in chosen]
-    return shape_of(order, saga.ancestors())
+    """The shape of the whole saga, or of `steps` only (see SagaPlan.forward_shape)."""
+    return saga.plan.forward_shape(steps)
 
 
 def compensation_shape(saga: Saga, steps: Iterable[str]) -> Shape | None:
-    """Reverse dependency order over `steps`: a step is undone before everything it depends on."""
-    chosen = set(steps)
-    if not chosen:
-        return None
-    anc = saga.ancestors()
-    order = [s for s in reversed(saga.order()) if s in chosen]
-    # In reverse, x must wait for every chosen step that depends on x.
-    preds = {x: frozenset(y for y in chosen if x in anc[y]) for x in order}
-    return shape_of(order, preds)
+    """Reverse dependency order over `steps` (see SagaPlan.compensation_shape)."""
+    return saga.plan.compensation_shape(steps)
 
 
-def _canvas(shape: Shape, leaf: Callable[[str], Signature]) -> Signature:
-    if isinstance(shape, Leaf):
-        return leaf(shape.step)
-    if isinstance(shape, Par):
-        return group([_canvas(p, leaf) for p in shape.parts])
-    return _sequence([_canvas(p, leaf) for p in shape.parts])
+def _canvas(shape: Shape, leaf: Callable[[str], Signature], barrier: _Barrier) -> Signature:
+    """Build bottom-up with an explicit stack (a deeply nested shape must not recurse)."""
+    built: dict[int, Signature] = {}
+    stack: list[tuple[Shape, bool]] = [(shape, False)]
+    while stack:
+        node, children_built = stack.pop()
+        if isinstance(node, Leaf):
+            built[id(node)] = leaf(node.step)
+        elif not children_built:
+            stack.append((node, True))
+            stack.extend((part, False) for part in node.parts)
+        else:
+            parts = [built.pop(id(part)) for part in node.parts]
+            if isinstance(node, Par):
+                built[id(node)] = group(parts, app=barrier.app)
+            else:
+                built[id(node)] = _sequence(parts, barrier)
+    return built[id(shape)]
 
 
-def _sequence(sigs: list[Signature]) -> Signature:
-    """A chain in which every group followed by more work is an explicit chord, so no operator
-    overload has to guess what was meant."""
-    for i, sig in enumerate(sigs[:-1]):
-        if isinstance(sig, group):
-            joined = chord(sig, _sequence(sigs[i + 1 :]))
-            return chain(*sigs[:i], joined) if i else joined
-    return sigs[0] if len(sigs) == 1 else chain(*sigs)
+class _Barrier:
+    """Makes the no-op chord bodies that separate two groups in a row."""
+
+    def __init__(self, app: Celery | None, queue: str) -> None:
+        self.app = app
+        self.queue = queue
+
+    def __call__(self) -> Signature:
+        return _sig(self.app, BARRIER_TASK, {}, self.queue)
 
 
-def _with_finalizer(shape: Shape, leaf: Callable[[str], Signature], done: Signature) -> Signature:
+def _sequence(sigs: list[Signature], barrier: _Barrier) -> Signature:
+    """One flat chain in which every group followed by more work is an explicit chord over the
+    next task only (or a barrier, when a group follows), so no operator overload has to guess
+    what was meant and no chord body nests the rest of the saga."""
+    app = barrier.app
+    reversed_tail: list[Signature] = []  # the chain from the end, reversed
+    for sig in reversed(sigs):
+        if isinstance(sig, group) and reversed_tail:
+            joins_a_group = isinstance(reversed_tail[-1], group | chord)
+            body = barrier() if joins_a_group else reversed_tail.pop()
+            sig = chord(sig, body, app=app)
+        reversed_tail.append(sig)
+    if len(reversed_tail) == 1:
+        return reversed_tail[0]
+    # With a keyword argument chain() keeps the tasks as given instead of folding them with |.
+    return chain(*reversed(reversed_tail), app=app)
+
+
+def _with_finalizer(
+    shape: Shape, leaf: Callable[[str], Signature], done: Signature, barrier: _Barrier
+) -> Signature:
     """Append the finalizer. When the canvas ends with a single task, that task finishes the
     saga itself (kwarg final=True, in the same transaction): one Celery hop fewer."""
     parts = list(shape.parts if isinstance(shape, Seq) else (shape,))
+    canvases = [_canvas(p, leaf, barrier) for p in parts]
     if isinstance(parts[-1], Leaf):
-        last = leaf(parts[-1].step)
-        last.kwargs["final"] = True
-        return _sequence([*(_canvas(p, leaf) for p in parts[:-1]), last])
-    return _sequence([*(_canvas(p, leaf) for p in parts), done])
+        canvases[-1].kwargs["final"] = True
+        return _sequence(canvases, barrier)
+    return _sequence([*canvases, done], barrier)
 
 
 def compile_saga(
     saga: Saga, saga_id: str, app: Celery | None = None, steps: Iterable[str] | None = None
 ) -> Signature:
     """The canvas that runs every step of one saga (or just `steps`), then marks it COMPLETED."""
+    plan = saga.plan
 
     def step_sig(name: str) -> Signature:
-        step = saga.steps[name]
-        sig = _sig(app, step_task_name(saga.name, name), {"saga_id": saga_id}, step.queue)
+        sig = _sig(app, step_task_name(saga.name, name), {"saga_id": saga_id}, plan.queues[name])
         errback = _sig(
             app, STEP_FAILED_TASK, {"saga_id": saga_id, "saga": saga.name, "step": name}, saga.queue
         )
@@ -175,17 +150,19 @@ def compile_saga(
     remaining = list(steps) if steps is not None else None
     if remaining == []:
         return done
-    return _with_finalizer(forward_shape(saga, remaining), step_sig, done)
+    barrier = _Barrier(app, saga.queue)
+    return _with_finalizer(plan.forward_shape(remaining), step_sig, done, barrier)
 
 
 def compile_compensation(
     saga: Saga, saga_id: str, steps: Iterable[str], app: Celery | None = None
 ) -> Signature:
-    """The canvas that undoes `steps` in reverse dependency order, then marks the saga
-    COMPENSATED. Steps without a compensation function are left out."""
-    undoable = [s for s in steps if saga.steps[s].compensation is not None]
+    """The canvas that undoes exactly `steps` in reverse dependency order (a step only after
+    every given step that depends on it), then marks the saga COMPENSATED. Every given step
+    gets its compensation task, even one without a compensation function or one still
+    running: the runtime decides what such a task does, and its ancestors wait for it."""
     done = _sig(app, COMPENSATION_DONE_TASK, {"saga_id": saga_id, "saga": saga.name}, saga.queue)
-    shape = compensation_shape(saga, undoable)
+    shape = saga.plan.compensation_shape(steps)
     if shape is None:
         return done
 
@@ -194,10 +171,10 @@ def compile_compensation(
             app,
             compensation_task_name(saga.name, name),
             {"saga_id": saga_id},
-            saga.steps[name].queue,
+            saga.plan.queues[name],
         )
 
-    return _with_finalizer(shape, comp_sig, done)
+    return _with_finalizer(shape, comp_sig, done, _Barrier(app, saga.queue))
 
 
 def _sig(app: Celery | None, task: str, kwargs: dict[str, Any], queue: str | None) -> Signature:

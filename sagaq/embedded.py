@@ -9,12 +9,17 @@ from typing import Any
 
 from celery import Celery
 
+from sagaq.app_config import SAFE_SETTINGS
+from sagaq.settings import Settings
+
 
 def embedded_app(main: str = "sagaq") -> Celery:
-    """A Celery app with celeryconfig's safe settings on the in-memory transport."""
+    """A Celery app with sagaq's safe settings on the in-memory transport. Self-contained:
+    it reads no celeryconfig module, so it works wherever sagaq is installed."""
     app = Celery(main, set_as_current=False)
-    app.config_from_object("celeryconfig")
     app.conf.update(
+        SAFE_SETTINGS,
+        task_default_queue=Settings().default_queue,
         broker_url="memory://localhost/",
         result_backend="cache+memory://",
         # The in-memory transport is polled; its default of once a second would make every

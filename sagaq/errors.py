@@ -69,3 +69,19 @@ class StepTimeoutError(StepError):
 
 class UnserializableResultError(NonRetryableError):
     """Raised when a step returns a value that cannot be stored as JSON."""
+
+
+class ConfigurationError(SagaqError):
+    """Raised when the Celery app or sagaq's settings cannot run what was asked (a join with
+    no shared result backend...); the message says what to set."""
+
+
+class IdempotencyConflictError(SagaqError):
+    """Raised when an idempotency key is reused with different input (HTTP 409)."""
+
+    def __init__(self, key: str, saga_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used by saga {saga_id} with different input"
+        )
+        self.key = key
+        self.saga_id = saga_id

@@ -1,9 +1,10 @@
 """Draw a saga's step graph as text: ASCII for the terminal, Mermaid and Graphviz DOT for docs
-and the dashboard. Pure functions of a `Saga`; pass step statuses to colour the nodes.
+and the dashboard. Pure functions of a saga's frozen plan; pass step statuses to colour nodes.
 
 The forward graph has an edge dep -> step for each declared dependency. The compensation graph
-is the reverse plan: only steps that have a compensation, and an edge y -> x when y must be
-undone before x (y depends on x, directly or through steps that have nothing to undo).
+is drawn from `plan.compensation`, the very shape the compiler turns into the rollback canvas:
+only the undoable steps (a compensation, not the pivot nor after it), and an edge y -> x when
+undoing x starts right after undoing y.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sagaq.definition.saga import Saga
+from sagaq.definition.shape import edges as shape_edges
 
 FORMATS = ("ascii", "mermaid", "dot")
 
@@ -46,36 +48,25 @@ class Plan:
 
 
 def plan(saga: Saga, *, compensation: bool = False) -> Plan:
+    frozen = saga.plan
     if not compensation:
-        order = saga.order()
-        edges = [(dep, step) for step in order for dep in saga.steps[step].depends_on]
+        order = list(frozen.order)
+        edges = [(dep, step) for step in order for dep in frozen.deps[step]]
     else:
-        order, edges = _compensation_edges(saga)
+        order = [s for s in reversed(frozen.order) if s in frozen.undoable]
+        edges = shape_edges(frozen.compensation) if frozen.compensation else []
     return Plan(saga.name, compensation, _layers(order, edges), tuple(edges))
 
 
-def _compensation_edges(saga: Saga) -> tuple[list[str], list[tuple[str, str]]]:
-    anc = saga.ancestors()
-    never_undone = saga.after_pivot()  # past the point of no return, steps are retried forward
-    undoable = [
-        s
-        for s in reversed(saga.order())
-        if saga.steps[s].compensation is not None and s not in never_undone
-    ]
-    edges = []
-    for y in undoable:
-        before = [x for x in undoable if x in anc[y]]  # undone after y
-        for x in before:
-            # Keep the edge only if no undoable step lies between y and x (transitive reduction).
-            if not any(x in anc[z] and z in anc[y] for z in before):
-                edges.append((y, x))
-    return undoable, edges
-
-
 def _layers(order: list[str], edges: list[tuple[str, str]]) -> tuple[tuple[str, ...], ...]:
+    """A node's layer is one more than its deepest predecessor's (every edge points forward
+    in `order`)."""
+    preds: dict[str, list[str]] = {node: [] for node in order}
+    for a, b in edges:
+        preds[b].append(a)
     depth: dict[str, int] = {}
-    for node in order:  # every edge points forward in `order`
-        depth[node] = 1 + max((depth[a] for a, b in edges if b == node), default=-1)
+    for node in order:
+        depth[node] = 1 + max((depth[a] for a in preds[node]), default=-1)
     layers: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
     for node in order:
         layers[depth[node]].append(node)

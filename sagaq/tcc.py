@@ -42,7 +42,7 @@ ConfirmFn = Callable[[StepContext, Any], Any]  # (ctx, what the try returned)
 CancelFn = Callable[[StepContext, Any], Any]  # (ctx, what the try returned)
 
 DECIDE_STEP = "decide"
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: "$" would accept a trailing "\n"
 
 
 def try_step(participant: str) -> str:
@@ -112,7 +112,7 @@ class Tcc:
         their results as ctx.results["try_<other>"]); `retry` applies to the try only."""
         if self._saga is not None:
             raise DefinitionError(f"tcc {self.name!r} is already built: add participants first")
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise DefinitionError(f"tcc {self.name!r}: invalid participant name {name!r}")
         if name in self.participants:
             raise DefinitionError(f"tcc {self.name!r}: duplicate participant {name!r}")

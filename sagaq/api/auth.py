@@ -1,13 +1,12 @@
 """Bearer-token auth. With a token configured (SAGAQ_API_TOKEN), every route but /healthz and
 /metrics needs `Authorization: Bearer <token>`. Browsers cannot send that header when they
-follow a link, so the dashboard also accepts the token once as `?token=`: it is then kept in an
-HttpOnly, SameSite=Strict cookie and removed from the address bar."""
+follow a link, so the dashboard's sign-in form (sagaq.api.login) POSTs the token once and it is
+then kept in an HttpOnly, SameSite=Strict cookie. A token is never accepted from a URL."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
-from urllib.parse import urlencode
+from collections.abc import Callable, Mapping
 
 from fastapi import HTTPException, Request
 
@@ -15,17 +14,39 @@ TOKEN_COOKIE = "sagaq_token"
 
 
 class TokenCheck:
-    def __init__(self, token: str | None) -> None:
+    """One token (SAGAQ_API_TOKEN, named "api") and/or named ones (SAGAQ_API_TOKENS, a JSON
+    object {"alice": "<token>"}): the name is recorded as the actor of operator actions."""
+
+    def __init__(self, token: str | None, named: Mapping[str, str] | None = None) -> None:
         self.token = token or None
+        self.named = {name: secret for name, secret in (named or {}).items() if secret}
+        if self.token is not None:
+            self.named.setdefault("api", self.token)
 
     @property
     def enabled(self) -> bool:
-        return self.token is not None
+        return bool(self.named)
 
     def accepts(self, given: str | None) -> bool:
-        if self.token is None:
-            return True
-        return given is not None and secrets.compare_digest(given.encode(), self.token.encode())
+        return not self.enabled or self.name_of(given) is not None
+
+    def name_of(self, given: str | None) -> str | None:
+        """The name of the token `given` is (compared in constant time), or None."""
+        if given is None:
+            return None
+        found = None
+        for name, secret in self.named.items():
+            if secrets.compare_digest(given.encode(), secret.encode()):
+                found = name
+        return found
+
+    def actor(self, request: Request) -> str:
+        """Who is asking: the name of the token the request carries (header or dashboard
+        cookie); "anonymous" when the API has no token."""
+        if not self.enabled:
+            return "anonymous"
+        given = bearer_token(request) or request.cookies.get(TOKEN_COOKIE)
+        return self.name_of(given) or "unknown"
 
 
 def bearer_token(request: Request) -> str | None:
@@ -61,15 +82,11 @@ class DashboardLogin(Exception):
 
 
 def require_dashboard_token(check: TokenCheck) -> Callable[[Request], None]:
-    """A FastAPI dependency for HTML pages: bearer header, cookie, or `?token=` once."""
+    """A FastAPI dependency for HTML pages: bearer header or the sign-in cookie."""
 
     def dependency(request: Request) -> None:
         if not check.enabled:
             return
-        given = request.query_params.get("token")
-        if given is not None and check.accepts(given):
-            rest = urlencode([kv for kv in request.query_params.multi_items() if kv[0] != "token"])
-            raise DashboardLogin(request.url.path + (f"?{rest}" if rest else ""), given)
         if check.accepts(bearer_token(request)) or check.accepts(request.cookies.get(TOKEN_COOKIE)):
             return
         raise DashboardLogin(None)

@@ -1,46 +1,25 @@
-"""The dashboard: `/dashboard` lists recent sagas (filter by status or saga, refreshes itself);
-`/dashboard/sagas/{id}` shows one saga's step graph, what triggered its compensation and how
-each compensation went. Read-only: it changes nothing, so it needs no protection from CSRF."""
+"""The dashboard's entry and login: `/` leads to `/dashboard`, and an accepted `?token=` is kept
+in a cookie. The pages themselves (list, saga, cancel, retry) are in console.py."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from sagaq.api.auth import TOKEN_COOKIE, DashboardLogin, TokenCheck, require_dashboard_token
-from sagaq.api.pages import login_page, not_found_page, saga_list_page, saga_page
+from sagaq.api.auth import TOKEN_COOKIE, DashboardLogin, TokenCheck
+from sagaq.api.pages import login_page
 from sagaq.client import SagaQ
-from sagaq.errors import SagaNotFoundError
-from sagaq.status import SagaStatus
 
 RECENT = 100
 
 
 def dashboard_router(engine: SagaQ, check: TokenCheck) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    guarded = [Depends(require_dashboard_token(check))]
 
     @router.get("/")
     def home(request: Request) -> RedirectResponse:
         query = f"?{request.url.query}" if request.url.query else ""
         return RedirectResponse(f"{_root(request)}/dashboard{query}", status_code=307)
-
-    @router.get("/dashboard", dependencies=guarded)
-    def saga_list(
-        request: Request, status: SagaStatus | None = None, saga: str | None = None
-    ) -> HTMLResponse:
-        results = engine.list(status=status, saga=saga or None, limit=RECENT)
-        return HTMLResponse(saga_list_page(results, _root(request), status, saga or None))
-
-    @router.get("/dashboard/sagas/{saga_id}", dependencies=guarded)
-    def saga_detail(request: Request, saga_id: str) -> HTMLResponse:
-        try:
-            result = engine.status(saga_id)
-        except SagaNotFoundError as exc:
-            return HTMLResponse(not_found_page(_root(request), str(exc)), status_code=404)
-        definition = engine.sagas.get(result.saga)
-        dependencies = definition.dependencies if definition is not None else {}
-        return HTMLResponse(saga_page(result, dependencies, _root(request)))
 
     return router
 

@@ -1,4 +1,4 @@
-"""The JSON API: start sagas, read them, list them, cancel them.
+"""The JSON API: start sagas and read them (list, history, cancel and retry: history.py).
 
 Each saga registered when the app is built gets its own `POST /sagas/<name>` route whose body is
 the saga's input model, so FastAPI validates it (422 naming the field) and /openapi.json shows
@@ -11,14 +11,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Request
 from pydantic import BaseModel
 
 from sagaq.api.auth import TokenCheck, require_bearer
-from sagaq.api.schemas import CancelRequest, Problem, SagaList, SagaOut, Started, summary
+from sagaq.api.schemas import Problem, SagaOut, Started
 from sagaq.client import SagaHandle, SagaQ
 from sagaq.definition import Saga
-from sagaq.status import SagaStatus
 
 IdempotencyKey = Annotated[
     str | None,
@@ -62,36 +61,10 @@ def sagas_router(engine: SagaQ, check: TokenCheck) -> APIRouter:
         engine.saga(name)
         return _started(request, engine, engine.start(name, body, idempotency_key=idempotency_key))
 
-    @router.get("", response_model=SagaList, responses=ERRORS)
-    def list_sagas(
-        status: SagaStatus | None = None,
-        saga: str | None = None,
-        since: Annotated[
-            datetime | None,
-            Query(description="Created at or after: ISO 8601 (UTC if naive) or Unix time"),
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    ) -> SagaList:
-        """Sagas newest first, without their steps."""
-        after = None if since is None else _utc(since).timestamp()
-        results = engine.list(status=status, saga=saga, since=after, limit=limit)
-        return SagaList(sagas=[summary(r) for r in results])
-
     @router.get("/{saga_id}", response_model=SagaOut, name="get_saga", responses=ERRORS)
     def get_saga(saga_id: str) -> SagaOut:
         """A saga with every step: status, attempts, result, error, compensation."""
         return SagaOut.of(engine.status(saga_id))
-
-    @router.post(
-        "/{saga_id}/cancel",
-        status_code=202,
-        response_model=SagaOut,
-        responses={**ERRORS, 409: {"model": Problem, "description": "The saga is finished"}},
-    )
-    def cancel_saga(saga_id: str, body: CancelRequest | None = None) -> SagaOut:
-        """Stop a saga and compensate what it completed (asynchronously: poll the saga)."""
-        reason = (body or CancelRequest()).reason
-        return SagaOut.of(engine.cancel(saga_id, reason))
 
     return router
 

@@ -85,10 +85,6 @@ def summary(result: SagaResult) -> SagaSummary:
     return SagaSummary.model_validate(result, from_attributes=True)
 
 
-class SagaList(BaseModel):
-    sagas: list[SagaSummary] = Field(description="Newest first")
-
-
 class Started(BaseModel):
     id: str
     status: SagaStatus
@@ -96,17 +92,26 @@ class Started(BaseModel):
     created: bool = Field(description="False when the Idempotency-Key matched an earlier saga")
 
 
-class CancelRequest(BaseModel):
-    reason: str = Field(default="cancelled through the HTTP API", min_length=1)
-
-
 class Problem(BaseModel):
-    """The body of every error sagaq reports (validation errors use FastAPI's own format)."""
+    """The body of every error the API answers: 401, 404, 409, 422, 503 alike."""
 
-    detail: str
-    error: str = Field(description="The sagaq exception class, e.g. UnknownSagaError")
+    error: str = Field(description="What refused: a sagaq exception class or Unauthorized")
+    detail: str = Field(description="One line for a human")
+    status: int = Field(description="The HTTP status, repeated")
+    problems: list[dict[str, Any]] | None = Field(
+        default=None, description="422 only: each invalid field (loc, msg, type)"
+    )
 
 
 class Health(BaseModel):
+    """Liveness: the process answers. Never names URLs or credentials."""
+
     status: str
-    store: str
+
+
+class Readiness(BaseModel):
+    """Whether this API can start sagas now: the broker and the store each answer."""
+
+    status: str = Field(description="ready or unavailable")
+    broker: str = Field(description="ok or unavailable")
+    store: str = Field(description="ok or unavailable")

@@ -1,5 +1,12 @@
 """Saga definitions: pure Python and pydantic, no Celery, no store."""
 
-from sagaq.definition.saga import FailurePolicy, Saga, Step, StepContext
+from sagaq.definition.saga import (
+    MAX_NAME_LENGTH,
+    MAX_STEPS,
+    FailurePolicy,
+    Saga,
+    Step,
+    StepContext,
+)
 
-__all__ = ["FailurePolicy", "Saga", "Step", "StepContext"]
+__all__ = ["MAX_NAME_LENGTH", "MAX_STEPS", "FailurePolicy", "Saga", "Step", "StepContext"]

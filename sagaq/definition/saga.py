@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -10,11 +11,21 @@ from typing import Any, overload
 
 from pydantic import BaseModel, ValidationError
 
-from sagaq.definition.graph import ancestors, topological_order
+from sagaq.definition.plan import SagaPlan, plan_saga
 from sagaq.errors import DefinitionError, InvalidInputError
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SAGA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # always fullmatch: "$" accepts a trailing "\n"
+_SAGA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+MAX_NAME_LENGTH = 200  # the width of the saga and step name columns in the store
+# Celery carries the rest of a chain inside every message of it: the first message of a
+# 1,000-step line is ~400 KB and the line moves O(steps^2) bytes through the broker in all.
+# Beyond this, split the work into sub-sagas.
+MAX_STEPS = 1000
+# sagaq's own tasks (sagaq.step_failed, sagaq.saga_done, sagaq.compensation_done,
+# sagaq.sweep...) live under this prefix; a saga's tasks are "<saga>.<step>", so the saga
+# name "sagaq" would collide with them.
+SAGAQ_TASK_PREFIX = "sagaq."
 
 StepFn = Callable[["StepContext"], Any]
 CompensateFn = Callable[["StepContext", Any], Any]
@@ -66,9 +77,16 @@ class Step:
     when: Callable[[StepContext], bool] | None = field(default=None, repr=False)
     sub_saga: str | None = None  # a step that runs another registered saga
     compensation: CompensateFn | None = field(default=None, repr=False)
+    # Set when the saga is frozen: the plan already decided what is undone.
+    _sealed: bool = field(default=False, init=False, repr=False, compare=False)
 
     def compensate(self, fn: CompensateFn) -> CompensateFn:
-        """Decorator: `fn(ctx, result)` undoes this step; `result` is what the step returned."""
+        """Decorator: `fn(ctx, result)` undoes this step; `result` is what the step returned.
+
+        A compensation of the pivot or of a step after it is accepted but never runs in a
+        rollback: past the point of no return those steps are retried forward instead."""
+        if self._sealed:
+            raise DefinitionError(_registered(self.saga))
         if self.compensation is not None:
             raise DefinitionError(f"step {self.saga}.{self.name} already has a compensation")
         self.compensation = fn
@@ -87,8 +105,9 @@ class Saga:
     """A named business transaction: steps with dependencies, each with an optional compensation.
 
     Definition errors (cycle, unknown dependency, duplicate step, compensation for a step that does
-    not exist) raise DefinitionError when the decorator runs or, for forward references by name,
-    at `validate()`, which `SagaQ.register` calls.
+    not exist, a step neither before nor after the pivot) raise DefinitionError when the
+    decorator runs or, for forward references by name, at `validate()` / `freeze()`.
+    `SagaQ.register` freezes the saga into its `plan`; no step or compensation can be added after.
     """
 
     def __init__(
@@ -103,17 +122,25 @@ class Saga:
         compensation_backoff: float = 0.5,
         forward_retry: int = 10,
     ) -> None:
-        if not _SAGA_NAME.match(name):
+        _check_name("saga", name, _SAGA_NAME, "letters, digits, '_' and '-'")
+        if f"{name}.".startswith(SAGAQ_TASK_PREFIX):
             raise DefinitionError(
-                f"invalid saga name {name!r}: use letters, digits, '_' and '-', "
-                "not starting with a digit"
+                f"saga name {name!r} is reserved: sagaq's own tasks are named "
+                f"{SAGAQ_TASK_PREFIX}* (step_failed, saga_done, sweep...)"
             )
         if input is not None and not (isinstance(input, type) and issubclass(input, BaseModel)):
             raise DefinitionError(f"saga {name!r}: input must be a pydantic model class or None")
         self.name = name
         self.input_model = input
-        if deadline is not None and deadline <= 0:
-            raise DefinitionError(f"saga {name!r}: deadline must be > 0 seconds")
+        if deadline is not None and not _positive(deadline):
+            raise DefinitionError(f"saga {name!r}: deadline must be > 0 seconds, got {deadline!r}")
+        for option, value in (
+            ("forward_retry", forward_retry),
+            ("compensation_retry", compensation_retry),
+            ("compensation_backoff", compensation_backoff),
+        ):
+            if not _non_negative(value):
+                raise DefinitionError(f"saga {name!r}: {option} must be >= 0, got {value!r}")
         try:
             self.failure_policy = FailurePolicy(failure_policy)
         except ValueError:
@@ -128,6 +155,7 @@ class Saga:
         self.compensation_backoff = compensation_backoff
         self.steps: dict[str, Step] = {}
         self._late_compensations: dict[str, CompensateFn] = {}
+        self._plan: SagaPlan | None = None
 
     def __repr__(self) -> str:
         return f"Saga({self.name!r}, steps={list(self.steps)})"
@@ -173,15 +201,28 @@ class Saga:
         compensated) and its dependents still run."""
 
         def add(fn: StepFn) -> Step:
+            if self._plan is not None:
+                raise DefinitionError(_registered(self.name))
             step_name = name or fn.__name__
-            if not _NAME.match(step_name):
-                raise DefinitionError(f"saga {self.name!r}: invalid step name {step_name!r}")
+            _check_name(
+                "step", step_name, _NAME, "letters, digits and '_'", f"saga {self.name!r}: "
+            )
             if step_name in self.steps:
                 raise DefinitionError(f"saga {self.name!r}: duplicate step {step_name!r}")
-            if retry < 0 or backoff < 0 or (timeout is not None and timeout <= 0):
+            if len(self.steps) >= MAX_STEPS:
+                raise DefinitionError(
+                    f"saga {self.name!r}: more than MAX_STEPS ({MAX_STEPS}) steps; Celery "
+                    "carries the rest of a chain in each message, so split it into sub-sagas"
+                )
+            if not (
+                _non_negative(retry)
+                and _non_negative(backoff)
+                and (timeout is None or _positive(timeout))
+            ):
                 raise DefinitionError(
                     f"saga {self.name!r} step {step_name!r}: retry and backoff must be >= 0 "
-                    "and timeout > 0"
+                    f"and timeout > 0 (got retry={retry!r}, backoff={backoff!r}, "
+                    f"timeout={timeout!r})"
                 )
             step = Step(
                 saga=self.name,
@@ -231,6 +272,8 @@ class Saga:
         """Decorator attaching a compensation by step name (the step may be defined later)."""
 
         def attach(fn: CompensateFn) -> CompensateFn:
+            if self._plan is not None:
+                raise DefinitionError(_registered(self.name))
             if step in self.steps:
                 return self.steps[step].compensate(fn)
             self._late_compensations[step] = fn
@@ -254,6 +297,23 @@ class Saga:
 
     def validate(self) -> None:
         """Check the whole graph; raises DefinitionError naming what is wrong."""
+        self._checked_plan()
+
+    def freeze(self) -> SagaPlan:
+        """Validate, build the plan once and keep it; afterwards the saga cannot change."""
+        if self._plan is None:
+            plan = self._checked_plan()
+            for step in self.steps.values():
+                step._sealed = True
+            self._plan = plan
+        return self._plan
+
+    @property
+    def plan(self) -> SagaPlan:
+        """The frozen plan (freezes the saga on first use)."""
+        return self.freeze()
+
+    def _checked_plan(self) -> SagaPlan:
         if not self.steps:
             raise DefinitionError(f"saga {self.name!r} has no steps")
         for step_name, fn in list(self._late_compensations.items()):
@@ -272,24 +332,24 @@ class Saga:
                     )
                 if dep == step.name:
                     raise DefinitionError(f"saga {self.name!r}: step {dep!r} depends on itself")
-        topological_order(self.dependencies)
         pivots = [s.name for s in self.steps.values() if s.pivot]
         if len(pivots) > 1:
             raise DefinitionError(f"saga {self.name!r} has several pivot steps: {pivots}")
+        plan = plan_saga(self)  # raises on a cycle
+        if plan.pivot is not None:
+            _check_pivot_region(plan, plan.pivot)
+        return plan
 
     def order(self) -> list[str]:
         """Step names in a valid execution order."""
-        return topological_order(self.dependencies)
+        return list(self.plan.order)
 
-    def ancestors(self) -> dict[str, frozenset[str]]:
-        return ancestors(self.dependencies)
+    def ancestors(self) -> Mapping[str, frozenset[str]]:
+        return self.plan.ancestors
 
     def after_pivot(self) -> frozenset[str]:
         """Steps that run after the pivot step (they are retried forward, never compensated)."""
-        pivot = next((s.name for s in self.steps.values() if s.pivot), None)
-        if pivot is None:
-            return frozenset()
-        return frozenset(name for name, anc in self.ancestors().items() if pivot in anc)
+        return self.plan.after_pivot
 
     def parse_input(self, data: Any) -> dict[str, Any]:
         """Validate input against the input model; returns the JSON-ready form that is stored."""
@@ -314,3 +374,42 @@ class Saga:
         if self.input_model is None:
             return stored
         return self.input_model.model_validate(stored)
+
+
+def _check_pivot_region(plan: SagaPlan, pivot: str) -> None:
+    """Every step must be before the pivot (undone if the saga fails before it completes) or
+    after it (retried forward once it completed). A step on neither side could still be
+    running, or be undone, past the point of no return."""
+    before, after = plan.ancestors[pivot], plan.descendants[pivot]
+    for step in plan.order:
+        if step != pivot and step not in before and step not in after:
+            raise DefinitionError(
+                f"saga {plan.name!r}: step {step!r} is neither before nor after the pivot "
+                f"{pivot!r}; make it depend on {pivot!r}, or {pivot!r} on it"
+            )
+
+
+def _check_name(
+    kind: str, name: str, pattern: re.Pattern[str], allowed: str, where: str = ""
+) -> None:
+    if not isinstance(name, str) or not pattern.fullmatch(name):
+        raise DefinitionError(
+            f"{where}invalid {kind} name {name!r}: use {allowed}, not starting with a digit"
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise DefinitionError(
+            f"{where}invalid {kind} name {name[:20]!r}...: {len(name)} characters, at most "
+            f"{MAX_NAME_LENGTH} (MAX_NAME_LENGTH)"
+        )
+
+
+def _non_negative(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value >= 0
+
+
+def _positive(value: float) -> bool:
+    return _non_negative(value) and value > 0
+
+
+def _registered(saga: str) -> str:
+    return f"saga {saga!r} is registered; define all steps before registering"

@@ -20,7 +20,8 @@ _OPTIONAL_FIELDS = ("step", "attempt", "duration_ms", "error")
 
 class LogPublisher:
     """Logs one line per event (`key=value`), failures at WARNING. The event's fields are also
-    passed as `extra` (`sagaq_event`), for JSON log formatters."""
+    passed as typed `extra` fields (saga_id, saga, step, attempt, status, duration_ms, error,
+    event), which JSON formatters keep as they are, and as strings in `sagaq_event`."""
 
     def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
         self.logger = logger or logging.getLogger("sagaq.events")
@@ -32,7 +33,7 @@ class LogPublisher:
             return
         fields = event_fields(event)
         line = " ".join(f"{key}={value}" for key, value in fields.items() if key != "at")
-        self.logger.log(level, "%s", line, extra={"sagaq_event": fields})
+        self.logger.log(level, "%s", line, extra={**typed_fields(event), "sagaq_event": fields})
 
 
 class RedisStreamPublisher:
@@ -55,6 +56,22 @@ class RedisStreamPublisher:
     def __call__(self, event: SagaEvent) -> None:
         fields: dict[Any, Any] = event_fields(event)
         self.client.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+
+
+def typed_fields(event: SagaEvent) -> dict[str, Any]:
+    """An event's fields with their own types (None left out): what a JSON log line holds.
+    `status` is what the event says the saga or step became (COMPLETED, RETRYING...)."""
+    fields: dict[str, Any] = {
+        "event": str(event.type),
+        "saga_id": event.saga_id,
+        "saga": event.saga,
+        "status": str(event.type).split("_", 1)[1],
+    }
+    for name in _OPTIONAL_FIELDS:
+        value = getattr(event, name)
+        if value is not None:
+            fields[name] = value
+    return fields
 
 
 def event_fields(event: SagaEvent) -> dict[str, str]:

@@ -11,6 +11,7 @@ opentelemetry-instrumentation-celery is installed (`CeleryInstrumentor().instrum
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,13 +33,20 @@ _ENDS = {
 
 
 def install_tracing(engine: SagaQ, tracer_provider: TracerProvider | None = None) -> bool:
-    """Trace `engine`'s steps if OpenTelemetry is installed; returns whether it is."""
+    """Trace `engine`'s steps if OpenTelemetry is installed; returns whether it is. Once per
+    engine: SagaQ calls it when SAGAQ_TRACING is set, and a worker module may call it too."""
     try:
         from opentelemetry import trace
     except ImportError:
         return False
+    if engine in _traced:
+        return True
+    _traced.add(engine)
     engine.events.subscribe(StepSpans(trace.get_tracer("sagaq", tracer_provider=tracer_provider)))
     return True
+
+
+_traced: weakref.WeakSet[SagaQ] = weakref.WeakSet()
 
 
 @dataclass

@@ -30,17 +30,54 @@ LEASE_BEATS = 3
 
 
 def publish(sig: Signature, attempts: int = 3) -> None:
-    """Send a canvas, retrying briefly when the broker hiccups."""
+    """Send a canvas, retrying briefly when the broker hiccups, and give up with
+    BrokerUnavailableError once the app's publish budget (SAGAQ_PUBLISH_TIMEOUT, set by SagaQ
+    together with bounded kombu and Redis retry policies) is spent."""
+    app = sig.app
+    budget = float(app.conf.get("sagaq_publish_timeout") or 2.0) if app is not None else 2.0
+    began = time.monotonic()
     for attempt in range(1, attempts + 1):
+        tried = time.monotonic()
         try:
-            sig.apply_async()
+            _stop_listening(sig.apply_async())
             return
-        except (BrokerError, RuntimeError) as exc:
+        except (BrokerError, RuntimeError, OSError) as exc:
             # RuntimeError: Celery's Redis result backend, which subscribes to each task sent,
-            # gave up reconnecting (after its own ~20 s of retries): Redis is down.
-            if attempt == attempts or isinstance(exc, RuntimeError):
-                raise BrokerUnavailableError(f"cannot publish to the broker: {exc}") from exc
-            time.sleep(0.2 * attempt)
+            # gave up reconnecting: Redis is down. OSError: a socket error kombu let through.
+            pause = 0.2 * attempt
+            now = time.monotonic()
+            # Another attempt is expected to take as long as this one did.
+            over_budget = now + pause + (now - tried) - began > budget
+            if attempt == attempts or over_budget:
+                raise BrokerUnavailableError(
+                    f"cannot publish to the broker ({_reason(exc)}); nothing was started, "
+                    "try again when the broker is back"
+                ) from exc
+            time.sleep(pause)
+
+
+def _stop_listening(result: Any) -> None:
+    """sagaq reads outcomes from SQL, never from the result backend, but Celery's Redis backend
+    subscribes the sending process to each task it sends. Unsubscribe now: otherwise the
+    subscriptions pile up in a long-lived web process, and a short-lived one prints
+    `AsyncResult.__del__` tracebacks at exit, when Python can no longer talk to Redis."""
+    consumer = getattr(getattr(result, "backend", None), "result_consumer", None)
+    cancel = getattr(consumer, "cancel_for", None)
+    if cancel is None:
+        return
+    pending = [result]
+    while pending:
+        node = pending.pop()
+        if node is None:
+            continue
+        if getattr(node, "id", None):
+            cancel(node.id)
+        pending.extend(getattr(node, "results", None) or ())  # a group's parts
+        pending.append(getattr(node, "parent", None))
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @dataclass
@@ -60,6 +97,8 @@ class Runtime:
     def __post_init__(self) -> None:
         if self.heartbeats is None:
             self.heartbeats = Heartbeats(self.store, self.heartbeat)
+        if self.store.worker is None:
+            self.store.worker = self.hostname
 
     @property
     def lease(self) -> float:

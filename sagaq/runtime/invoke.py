@@ -80,7 +80,9 @@ def backoff_delay(base: float, retries_so_far: int, cap: float = 60.0) -> float:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for the store and the user: type and message, plus where it was raised."""
+    """One line for the store and the user: type and message, plus where it was raised. The
+    file is named without its directory: the error is shown to API clients and operators, who
+    need not learn the layout of the worker's disk."""
     where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     place = f" (at {os.path.basename(where[0].filename)}:{where[0].lineno})" if where else ""
     return f"{type(exc).__name__}: {exc}{place}"

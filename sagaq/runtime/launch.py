@@ -31,8 +31,9 @@ def start_saga(
     parent_id: str | None = None,
     parent_step: str | None = None,
 ) -> tuple[str, bool]:
-    """Returns (saga id, created). Commit first, publish second: a publish lost after the
-    commit is found by the sweeper. A publish that fails removes the saga again."""
+    """Returns (saga id, created). Commit first (the saga is RUNNING from then on), publish
+    second: a publish lost after the commit is found by the sweeper. A publish that fails
+    removes the saga again."""
     saga_id = str(uuid.uuid4())
     deadline = deadline if deadline is not None else saga.deadline
     headers = {"correlation_id": idempotency_key or saga_id, **(headers or {})}
@@ -53,11 +54,12 @@ def start_saga(
         try:
             rt.send(compile_saga(saga, saga_id, rt.app))
         except Exception as exc:
+            # Whatever stopped the publish (broker down, a canvas Celery cannot encode...),
+            # no half-started saga may stay behind for the sweeper to run later.
             rt.store.delete_saga(saga_id)
             if isinstance(exc, BrokerUnavailableError):
                 raise BrokerUnavailableError(f"saga {saga.name!r} was not started: {exc}") from exc
             raise
-        rt.store.mark_published(saga_id)
         rt.emit(EventType.SAGA_STARTED, saga_id, saga.name)
     return saga_id, created
 
@@ -112,9 +114,7 @@ def start_compensation(
 def cancel(rt: Runtime, saga: Saga, saga_id: str, reason: str, *, actor: str | None = None) -> None:
     """Stop a saga and compensate what it did. Refused (InvalidStateError) when it is finished,
     already compensating, or past its pivot step (which has started: nothing is undone then)."""
-    begun = start_compensation(
-        rt, saga, saga_id, cause="cancel", reason=f"cancelled: {reason}", actor=actor
-    )
+    begun = start_compensation(rt, saga, saga_id, cause="cancel", reason=reason, actor=actor)
     if begun.steps is not None:
         return
     if begun.status in SAGA_ACTIVE:
@@ -125,17 +125,24 @@ def cancel(rt: Runtime, saga: Saga, saga_id: str, reason: str, *, actor: str | N
     raise InvalidStateError(f"saga {saga_id} is {begun.status}: there is nothing to cancel")
 
 
-def retry(rt: Runtime, saga: Saga, saga_id: str, *, actor: str | None = None) -> None:
+def retry(
+    rt: Runtime,
+    saga: Saga,
+    saga_id: str,
+    *,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> None:
     """Resume a FAILED saga: a compensation that gave up is tried again; a saga that failed
     after its pivot runs its remaining steps again (its deadline no longer applies there)."""
-    undo = rt.store.resume_compensation(saga_id, actor=actor)
+    undo = rt.store.resume_compensation(saga_id, actor=actor, reason=reason)
     if undo is not None:
         if undo:
             rt.send(compile_compensation(saga, saga_id, undo, rt.app))
         else:
             rt.store.finish_compensation(saga_id)
         return
-    remaining = rt.store.resume_forward(saga_id, actor=actor)
+    remaining = rt.store.resume_forward(saga_id, actor=actor, reason=reason)
     if remaining is not None:
         rt.send(compile_saga(saga, saga_id, rt.app, steps=remaining))
         return

@@ -33,6 +33,11 @@ def context(saga: Saga, step: Step, saga_id: str, claim: StepClaim) -> StepConte
     )
 
 
+def shown(saga_id: str, step: str, attempt: int, outcome: str) -> dict[str, Any]:
+    """What a task returns: Flower shows it as the task's result (the canvas ignores it)."""
+    return {"saga_id": saga_id, "step": step, "attempt": attempt, "outcome": outcome}
+
+
 def written(ctx: StepContext, before: dict[str, Any], label: str) -> dict[str, Any] | None:
     """What the step set in ctx.data (stored with its completion)."""
     changed = {k: v for k, v in ctx.data.items() if k not in before or before[k] != v}
@@ -58,7 +63,8 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
         start_compensation(rt, saga, saga_id, cause="deadline", reason="deadline exceeded")
         return Halt()
     if claim.outcome is Claim.DONE:
-        return Proceed(StepStatus.COMPLETED.value)  # a redelivery: let the canvas go on
+        # A redelivery of a step that completed: let the canvas go on.
+        return Proceed(shown(saga_id, step.name, claim.attempts, "already done"))
     if claim.outcome is Claim.WAIT:
         return Retry(claim.retry_in)
     if claim.outcome is not Claim.RUN:
@@ -73,7 +79,14 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
         # A pivot that may have applied cannot be undone either: FAILED for an operator.
         past = forward or (applied and step.pivot)
         if not store.fail_step(
-            saga_id, step.name, attempt, error, applied=applied, result=result, forward=past
+            saga_id,
+            step.name,
+            attempt,
+            error,
+            applied=applied,
+            result=result,
+            forward=past,
+            task_id=delivery.task_id,
         ):
             return False
         emit(EventType.STEP_FAILED, error=error)
@@ -91,8 +104,15 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
     with rt.heartbeats.hold(saga_id, step.name, attempt, compensation=False):
         try:
             if step.when is not None and not step.when(ctx):
-                store.complete_step(saga_id, step.name, attempt, None, status=StepStatus.SKIPPED)
-                return Proceed(StepStatus.SKIPPED.value)
+                store.complete_step(
+                    saga_id,
+                    step.name,
+                    attempt,
+                    None,
+                    status=StepStatus.SKIPPED,
+                    task_id=delivery.task_id,
+                )
+                return Proceed(shown(saga_id, step.name, attempt, "skipped"))
             if step.sub_saga is not None:
                 result = run_child(rt, step, ctx, resumed=claim.resumed)
             else:
@@ -112,7 +132,9 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
             error = describe(exc)
             if not isinstance(exc, NonRetryableError) and attempt - 1 < budget:
                 delay = backoff_delay(step.backoff, attempt - 1)
-                if store.retry_step(saga_id, step.name, attempt, error, delay):
+                if store.retry_step(
+                    saga_id, step.name, attempt, error, delay, task_id=delivery.task_id
+                ):
                     emit(EventType.STEP_RETRYING, error=error)
                     return Retry(delay, exc)
                 return Halt()
@@ -121,14 +143,14 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
             return Halt()
     duration = round((time.perf_counter() - started) * 1000, 3)
     done, finished = store.complete_step(
-        saga_id, step.name, attempt, result, data, duration_ms=duration
+        saga_id, step.name, attempt, result, data, duration_ms=duration, task_id=delivery.task_id
     )
     if not done:
         return Halt()  # another attempt took the step over: it carries the canvas on
     emit(EventType.STEP_COMPLETED, duration_ms=duration)
     if finished:
         rt.emit(EventType.SAGA_COMPLETED, saga_id, saga.name)
-    return Proceed(StepStatus.COMPLETED.value)
+    return Proceed(shown(saga_id, step.name, attempt, "completed"))
 
 
 def _refused(rt: Runtime, saga_id: str, step: Step) -> Outcome:
@@ -142,7 +164,7 @@ def _refused(rt: Runtime, saga_id: str, step: Step) -> Outcome:
         if row.status == StepStatus.FAILED:
             return Fail(NonRetryableError(row.error or f"step {step.name} failed"))
         if row.status == StepStatus.SKIPPED:
-            return Proceed(StepStatus.SKIPPED.value)
+            return Proceed(shown(saga_id, step.name, row.attempts, "skipped"))
     return Halt()
 
 

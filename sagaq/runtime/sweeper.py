@@ -118,10 +118,10 @@ def _resume_forward(rt: Runtime, record: SagaRecord, report: SweepReport) -> Non
     log.warning("saga %s stalled in %s: re-publishing %s", record.id, record.status, remaining)
     rt.send(compile_saga(saga, record.id, rt.app, steps=remaining))
     if record.status == SagaStatus.PENDING:
-        rt.store.mark_published(record.id)
-        if all(s.status == StepStatus.PENDING for s in record.steps):
-            report.republished += 1
-            return
+        rt.store.mark_published(record.id)  # a saga recorded by an older sagaq
+    if all(s.status == StepStatus.PENDING and s.attempts == 0 for s in record.steps):
+        report.republished += 1  # nothing of it ever ran: its publish was lost
+        return
     report.resumed += 1
     report.lost_steps += sum(s.status == StepStatus.RUNNING for s in record.steps)
 

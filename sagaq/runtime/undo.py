@@ -10,9 +10,8 @@ from sagaq.definition.saga import Saga, Step
 from sagaq.observability.events import EventType
 from sagaq.runtime.base import Delivery, Fail, Halt, Outcome, Proceed, Retry, Runtime
 from sagaq.runtime.invoke import backoff_delay, call_user, describe
-from sagaq.runtime.steps import context
+from sagaq.runtime.steps import context, shown
 from sagaq.runtime.subsagas import POLL_SECONDS, ChildPending, undo_children
-from sagaq.status import StepStatus
 from sagaq.store import Claim
 
 # How long a compensation waits between looks at a step it must wait for (it doubles up to).
@@ -37,7 +36,7 @@ def execute_compensation(
         pause = min(WAIT_FIRST * 2 ** min(delivery.retries, 6), WAIT_MAX, claim.retry_in)
         return Retry(pause)
     if claim.outcome is Claim.DONE:
-        return Proceed(StepStatus.COMPENSATED.value)
+        return Proceed(shown(saga_id, step.name, claim.attempts, "nothing to undo"))
     if claim.outcome is not Claim.RUN:
         return Halt()  # the saga FAILED (an operator retries it) or is gone
     attempt = claim.attempts
@@ -67,7 +66,13 @@ def execute_compensation(
             if attempt - 1 < saga.compensation_retry:
                 delay = backoff_delay(saga.compensation_backoff, attempt - 1)
                 if store.retry_compensation(
-                    saga_id, step.name, attempt, error, delay, delivery.next_token
+                    saga_id,
+                    step.name,
+                    attempt,
+                    error,
+                    delay,
+                    delivery.next_token,
+                    task_id=delivery.task_id,
                 ):
                     emit(EventType.COMPENSATION_RETRYING, error=error)
                     return Retry(delay, exc)
@@ -83,7 +88,7 @@ def execute_compensation(
     emit(EventType.COMPENSATION_COMPLETED, duration_ms=duration)
     if finished:
         rt.emit(EventType.SAGA_COMPENSATED, saga_id, saga.name)
-    return Proceed(StepStatus.COMPENSATED.value)
+    return Proceed(shown(saga_id, step.name, attempt, "compensated"))
 
 
 def _dependents(saga: Saga, step: str) -> set[str]:

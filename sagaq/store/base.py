@@ -12,13 +12,13 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert
+from sqlalchemy import Connection, Engine, and_, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sagaq.errors import StoreUnavailableError
 from sagaq.store.connect import first_line, forget_connections, make_engine
-from sagaq.store.schema import metadata, saga_event, saga_step
+from sagaq.store.schema import metadata, saga, saga_event, saga_step
 
 Clock = Callable[[], float]
 
@@ -32,6 +32,8 @@ class StoreBase:
         self.clock = clock
         self._create_tables = create_tables
         self._engine: Engine | None = None
+        # Who writes history rows from this process (the worker's hostname; see Runtime).
+        self.worker: str | None = None
         self._lock = threading.Lock()
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"  # a bad URL fails here
 
@@ -89,8 +91,27 @@ class StoreBase:
         except OperationalError as exc:
             raise self._unavailable(exc) from exc
 
+    @contextmanager
+    def finish_signal(self, saga_id: str) -> Iterator[threading.Event | None]:
+        """An Event set when the saga becomes terminal, where the database can push it
+        (PostgreSQL); None: poll."""
+        yield None
+
+    def _finished(self, conn: Connection, saga_id: str) -> None:
+        """The saga became terminal in this transaction: tell the waiters (at commit)."""
+
+    def _lock_saga(self, conn: Connection, saga_id: str) -> None:
+        """PostgreSQL: take the saga's row lock first, so that transactions which may finish
+        the saga run one after the other and each sees what the previous one committed
+        (in READ COMMITTED every statement takes a fresh snapshot). SQLite runs writers one at
+        a time already."""
+        if not self.is_sqlite:
+            conn.execute(select(saga.c.id).where(saga.c.id == saga_id).with_for_update())
+
     def _event(self, conn: Connection, saga_id: str, kind: str, now: float, **fields: Any) -> None:
         """Append one history row, inside the transaction of the change it records."""
+        if kind in ("step", "compensation", "attempt"):
+            fields.setdefault("worker", self.worker)
         conn.execute(insert(saga_event).values(saga_id=saga_id, kind=kind, at=now, **fields))
 
 

@@ -120,7 +120,8 @@ class CompensationTransitions(StoreReads):
             culprit = next((r for r in failed if r.name == failed_step), None)
             culprit = culprit or (failed[0] if failed and cause == "failure" else None)
             others = [r for r in failed if culprit is not None and r.name != culprit.name]
-            error = reason or (culprit.error if culprit else None)
+            error = f"cancelled: {reason}" if cause == "cancel" else reason
+            error = error or (culprit.error if culprit else None)
             if others and error:  # wait-all: the first failure in time, then the others
                 error += "; also failed: " + "; ".join(f"{r.name}: {r.error}" for r in others)
             conn.execute(
@@ -165,6 +166,7 @@ class CompensationTransitions(StoreReads):
         undone: the saga may be finished here), HALT (the saga FAILED) or STOP."""
         now = self.clock()
         with self._begin() as conn:
+            self._lock_saga(conn, saga_id)
             head = conn.execute(select(saga.c.status).where(saga.c.id == saga_id)).first()
             row = conn.execute(select(saga_step).where(step_key(saga_id, step))).first()
             if head is None or row is None:
@@ -239,6 +241,8 @@ class CompensationTransitions(StoreReads):
         error: str | None,
         delay: float,
         next_token: str,
+        *,
+        task_id: str | None = None,
     ) -> bool:
         """The undo failed (or waits for a sub-saga) and is tried again in `delay` s by the
         message `next_token`: the lease is reserved for it until then."""
@@ -263,6 +267,7 @@ class CompensationTransitions(StoreReads):
                     attempt=attempt,
                     error=error,
                     reason="compensation",
+                    task_id=task_id,
                 )
         return done.rowcount == 1
 
@@ -273,6 +278,7 @@ class CompensationTransitions(StoreReads):
         Returns (step undone, saga done)."""
         now = self.clock()
         with self._begin() as conn:
+            self._lock_saga(conn, saga_id)
             done = conn.execute(
                 update(saga_step)
                 .where(
@@ -329,11 +335,13 @@ class CompensationTransitions(StoreReads):
             )
             if moved.rowcount == 1:
                 self._event(conn, saga_id, "saga", now, status=S.FAILED, error=message)
+                self._finished(conn, saga_id)
         return True
 
     def finish_compensation(self, saga_id: str) -> bool:
         """COMPENSATING->COMPENSATED, unless some step is still to undo, running or failed."""
         with self._begin() as conn:
+            self._lock_saga(conn, saga_id)
             return self._try_finish_compensation(conn, saga_id, self.clock())
 
     def _try_finish_compensation(self, conn: Connection, saga_id: str, now: float) -> bool:
@@ -342,13 +350,18 @@ class CompensationTransitions(StoreReads):
             update(saga)
             .where(saga.c.id == saga_id, saga.c.status.in_(_COMPENSATED), ~unsettled)
             .values(status=S.COMPENSATED, updated_at=now, finished_at=now)
-        )
-        if done.rowcount == 1:
-            self._event(conn, saga_id, "saga", now, status=S.COMPENSATED)
-            return True
-        return False
+            .returning(saga.c.created_at)
+        ).first()
+        if done is None:
+            return False
+        took = round((now - done.created_at) * 1000, 3)
+        self._event(conn, saga_id, "saga", now, status=S.COMPENSATED, duration_ms=took)
+        self._finished(conn, saga_id)
+        return True
 
-    def resume_compensation(self, saga_id: str, *, actor: str | None = None) -> list[str] | None:
+    def resume_compensation(
+        self, saga_id: str, *, actor: str | None = None, reason: str | None = None
+    ) -> list[str] | None:
         """FAILED (a compensation gave up) -> COMPENSATING again, its retry budget renewed.
         Returns the steps still to undo, or None if the saga is not in that state."""
         now = self.clock()
@@ -361,7 +374,8 @@ class CompensationTransitions(StoreReads):
                     saga.c.status.in_(_RESUMED),
                     exists().where(steps, saga_step.c.status == T.COMPENSATION_FAILED),
                 )
-                .values(status=S.COMPENSATING, updated_at=now, finished_at=None)
+                # The compensation's failure stays in the history (and on the dashboard).
+                .values(status=S.COMPENSATING, error=None, updated_at=now, finished_at=None)
             )
             if won.rowcount != 1:
                 return None
@@ -375,7 +389,7 @@ class CompensationTransitions(StoreReads):
                     heartbeat_at=None,  # no attempt holds it: the next claim takes it
                 )
             )
-            self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor)
+            self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor, reason=reason)
             self._event(conn, saga_id, "saga", now, status=S.COMPENSATING)
             names = conn.execute(select(saga_step.c.name).where(steps, _unsettled()))
             return list(names.scalars())

@@ -44,12 +44,22 @@ saga = Table(
     Column("headers", Json),
     Column("parent_id", String(36)),
     Column("parent_step", String(200)),  # the parent's step that runs this saga as a sub-saga
+    # Forward steps not yet COMPLETED or SKIPPED: the completion that brings it to 0 finishes the
+    # saga (a counter, because parallel last steps committing at once cannot see each other).
+    Column("steps_left", Integer, nullable=False, default=0, server_default="0"),
     # Why compensation began: "failure", "cancel" or "deadline" (None while it has not).
     Column("cause", String(16)),
     UniqueConstraint("name", "idempotency_key", name="uq_saga_name_idempotency_key"),
     Index("ix_saga_created_at", "created_at"),
     Index("ix_saga_status_created_at", "status", "created_at"),
     Index("ix_saga_name_created_at", "name", "created_at"),
+    # Finding a saga by its business key across saga names (the unique key leads with name).
+    Index("ix_saga_idempotency_key", "idempotency_key"),
+    # Counts per status of one saga name, and its newest-first pages.
+    Index("ix_saga_name_status_created_at", "name", "status", "created_at"),
+    # Id-prefix search (`id LIKE 'ab12%'`): the primary key serves it only under the C
+    # collation; pattern ops serve it under any. (On SQLite, a plain index, the same everywhere.)
+    Index("ix_saga_id_prefix", "id", postgresql_ops={"id": "varchar_pattern_ops"}),
 )
 
 saga_step = Table(

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, delete, exists, func, insert, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from sagaq.status import SAGA_ACTIVE, STEP_DONE, SagaStatus, StepStatus, saga_move, step_move
@@ -34,7 +35,15 @@ _RESET = step_move([T.FAILED, T.SKIPPED], T.PENDING)
 
 
 class SagaStore(CompensationTransitions):
-    """Creates its tables on first use. `SagaStore(url)` picks SQLite or PostgreSQL."""
+    """Creates its tables on first use. `SagaStore(url)` picks SQLite or PostgreSQL (whose
+    hot statements have a fast path: postgres.py)."""
+
+    def __new__(cls, url: str, **options: Any) -> SagaStore:
+        if cls is SagaStore and make_url(url).get_backend_name() == "postgresql":
+            from sagaq.store.postgres import PostgresStore
+
+            return super().__new__(PostgresStore)
+        return super().__new__(cls)
 
     # -- starting -------------------------------------------------------------------------
 
@@ -52,9 +61,9 @@ class SagaStore(CompensationTransitions):
         undoable: Sequence[str] = (),
         parent_step: str | None = None,
     ) -> tuple[str, bool]:
-        """Insert the saga and its PENDING steps in one transaction. Returns (id, created); a
-        known idempotency key returns the existing saga's id. `undoable`: the steps that have
-        a compensation to run (from the plan)."""
+        """Insert the saga (RUNNING) and its PENDING steps in one transaction. Returns
+        (id, created); a known idempotency key returns the existing saga's id. `undoable`:
+        the steps that have a compensation to run (from the plan)."""
         if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
             return found, False
         now = self.clock()
@@ -65,13 +74,14 @@ class SagaStore(CompensationTransitions):
                     insert(saga).values(
                         id=saga_id,
                         name=name,
-                        status=S.PENDING,
+                        status=S.RUNNING,
                         input=input,
                         idempotency_key=idempotency_key,
                         deadline_at=deadline_at,
                         headers=headers,
                         parent_id=parent_id,
                         parent_step=parent_step,
+                        steps_left=len(steps),
                         created_at=now,
                         updated_at=now,
                     )
@@ -92,7 +102,7 @@ class SagaStore(CompensationTransitions):
                         for i, step in enumerate(steps)
                     ],
                 )
-                self._event(conn, saga_id, "saga", now, status=S.PENDING)
+                self._event(conn, saga_id, "saga", now, status=S.RUNNING)
         except IntegrityError:
             # Another start with the same key won the race.
             if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
@@ -108,6 +118,8 @@ class SagaStore(CompensationTransitions):
         return found
 
     def mark_published(self, saga_id: str) -> None:
+        """PENDING->RUNNING: for sagas recorded PENDING by an older sagaq (new ones start
+        RUNNING: the sweeper finds a lost publish by its steps, none of which ever ran)."""
         now = self.clock()
         with self._begin() as conn:
             moved = conn.execute(
@@ -285,7 +297,16 @@ class SagaStore(CompensationTransitions):
             )
         return done.rowcount == 1
 
-    def retry_step(self, saga_id: str, step: str, attempt: int, error: str, delay: float) -> bool:
+    def retry_step(
+        self,
+        saga_id: str,
+        step: str,
+        attempt: int,
+        error: str,
+        delay: float,
+        *,
+        task_id: str | None = None,
+    ) -> bool:
         """The attempt failed cleanly and another follows in `delay` s: RUNNING->PENDING, its
         lease reserved until then. If the saga stopped meanwhile the step is FAILED instead
         (a clean failure changed nothing). True when the retry should be sent."""
@@ -293,13 +314,23 @@ class SagaStore(CompensationTransitions):
         mine = (saga_step.c.attempts == attempt) & saga_step.c.status.in_(_RETRY_LATER)
         active = exists().where(saga.c.id == saga_id, saga.c.status.in_(SAGA_ACTIVE))
         with self._begin() as conn:
+            self._lock_saga(conn, saga_id)
             later = conn.execute(
                 update(saga_step)
                 .where(step_key(saga_id, step), mine, active)
                 .values(status=T.PENDING, error=error, heartbeat_at=now + delay)
             )
             if later.rowcount == 1:
-                self._event(conn, saga_id, "attempt", now, step=step, attempt=attempt, error=error)
+                self._event(
+                    conn,
+                    saga_id,
+                    "attempt",
+                    now,
+                    step=step,
+                    attempt=attempt,
+                    error=error,
+                    task_id=task_id,
+                )
                 return True
             stopped = conn.execute(
                 update(saga_step)
@@ -311,7 +342,16 @@ class SagaStore(CompensationTransitions):
                 )
             )
             if stopped.rowcount == 1:
-                self._event(conn, saga_id, "step", now, step=step, status=T.FAILED, attempt=attempt)
+                self._event(
+                    conn,
+                    saga_id,
+                    "step",
+                    now,
+                    step=step,
+                    status=T.FAILED,
+                    attempt=attempt,
+                    task_id=task_id,
+                )
                 self._try_finish_compensation(conn, saga_id, now)
         return False
 
@@ -325,6 +365,7 @@ class SagaStore(CompensationTransitions):
         *,
         status: StepStatus = T.COMPLETED,
         duration_ms: float | None = None,
+        task_id: str | None = None,
     ) -> tuple[bool, bool]:
         """RUNNING->COMPLETED (or SKIPPED) for the attempt that holds the step, then the saga
         ->COMPLETED if that was its last step. Returns (step done, saga done). A step that
@@ -352,8 +393,19 @@ class SagaStore(CompensationTransitions):
                 status=status,
                 attempt=attempt,
                 duration_ms=duration_ms,
+                task_id=task_id,
             )
-            return True, self._try_finish(conn, saga_id, now)
+            return True, self._count_down(conn, saga_id, now)
+
+    def _count_down(self, conn: Connection, saga_id: str, now: float) -> bool:
+        """One forward step fewer to go; the last one finishes the saga."""
+        left = conn.execute(
+            update(saga)
+            .where(saga.c.id == saga_id)
+            .values(steps_left=saga.c.steps_left - 1)
+            .returning(saga.c.steps_left)
+        ).scalar()
+        return left == 0 and self._try_finish(conn, saga_id, now)
 
     def _try_finish(self, conn: Connection, saga_id: str, now: float) -> bool:
         unfinished = exists().where(
@@ -363,11 +415,14 @@ class SagaStore(CompensationTransitions):
             update(saga)
             .where(saga.c.id == saga_id, saga.c.status.in_(_FINISHED), ~unfinished)
             .values(status=S.COMPLETED, updated_at=now, finished_at=now)
-        )
-        if done.rowcount == 1:
-            self._event(conn, saga_id, "saga", now, status=S.COMPLETED)
-            return True
-        return self._try_finish_compensation(conn, saga_id, now)
+            .returning(saga.c.created_at)
+        ).first()
+        if done is None:
+            return False
+        took = round((now - done.created_at) * 1000, 3)
+        self._event(conn, saga_id, "saga", now, status=S.COMPLETED, duration_ms=took)
+        self._finished(conn, saga_id)
+        return True
 
     def finish_saga(self, saga_id: str) -> bool:
         """Active->COMPLETED, only when every step is COMPLETED or SKIPPED."""
@@ -384,6 +439,7 @@ class SagaStore(CompensationTransitions):
         applied: bool = False,
         result: Any = None,
         forward: bool = False,
+        task_id: str | None = None,
     ) -> bool:
         """The attempt failed for good: RUNNING->FAILED. `applied`: its effect may have
         happened (timeout, unserializable result), so it is compensated like a completed step.
@@ -391,6 +447,7 @@ class SagaStore(CompensationTransitions):
         undone. False when this attempt no longer holds the step."""
         now = self.clock()
         with self._begin() as conn:
+            self._lock_saga(conn, saga_id)
             done = conn.execute(
                 update(saga_step)
                 .where(
@@ -413,6 +470,7 @@ class SagaStore(CompensationTransitions):
                 status=T.FAILED,
                 attempt=attempt,
                 error=error,
+                task_id=task_id,
             )
             if forward:
                 message = (
@@ -432,13 +490,16 @@ class SagaStore(CompensationTransitions):
                 )
                 if moved.rowcount == 1:
                     self._event(conn, saga_id, "saga", now, status=S.FAILED, error=message)
+                    self._finished(conn, saga_id)
             else:
                 self._try_finish_compensation(conn, saga_id, now)  # a late sibling
         return True
 
     # -- operator: retry after the pivot ----------------------------------------------------
 
-    def resume_forward(self, saga_id: str, *, actor: str | None = None) -> list[str] | None:
+    def resume_forward(
+        self, saga_id: str, *, actor: str | None = None, reason: str | None = None
+    ) -> list[str] | None:
         """FAILED after the pivot -> RUNNING again; failed and skipped steps back to PENDING
         with a fresh retry budget. Returns the steps still to run, or None if the saga is not
         in that state."""
@@ -462,7 +523,13 @@ class SagaStore(CompensationTransitions):
                 .where(steps, saga_step.c.status.in_(_RESET))
                 .values(status=T.PENDING, attempts=0, error=None, heartbeat_at=None)
             )
-            self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor)
+            left = (
+                select(func.count())
+                .where(steps, saga_step.c.status.not_in(STEP_DONE))
+                .scalar_subquery()
+            )
+            conn.execute(update(saga).where(saga.c.id == saga_id).values(steps_left=left))
+            self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor, reason=reason)
             self._event(conn, saga_id, "saga", now, status=S.RUNNING)
             names = conn.execute(
                 select(saga_step.c.name).where(steps, saga_step.c.status == T.PENDING)

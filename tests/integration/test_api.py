@@ -234,9 +234,9 @@ def test_bad_input_is_422_naming_the_field_and_starts_nothing(examples: httpx.Cl
     missing = examples.post("/sagas/travel", json={"nights": 2})
 
     assert response.status_code == 422
-    assert [e["loc"] for e in response.json()["detail"]] == [["body", "quantity"]]
+    assert [e["loc"] for e in response.json()["problems"]] == [["body", "quantity"]]
     assert missing.status_code == 422
-    assert [e["loc"] for e in missing.json()["detail"]] == [["body", "trip_id"]]
+    assert [e["loc"] for e in missing.json()["problems"]] == [["body", "trip_id"]]
     assert examples.get("/sagas").json()["sagas"] == []
 
 
@@ -257,16 +257,21 @@ def test_openapi_lists_one_start_route_per_saga_with_its_input_model(
     assert examples.get("/docs").status_code == 200
 
 
-def test_healthz_is_503_when_the_store_does_not_answer() -> None:
-    down = SagaStore("postgresql+psycopg://postgres@127.0.0.1:9/nowhere", create_tables=False)
+def test_readyz_is_503_when_the_store_does_not_answer_and_healthz_stays_live() -> None:
+    down = SagaStore(
+        "postgresql+psycopg://postgres:s3cret@127.0.0.1:9/nowhere", create_tables=False
+    )
     engine = SagaQ(embedded_app("api-down"), store=down)
 
     with serve_in_background(create_app(engine)) as url:
-        response = httpx.get(f"{url}/healthz", timeout=20)
+        ready = httpx.get(f"{url}/readyz", timeout=20)
+        live = httpx.get(f"{url}/healthz", timeout=20)
 
-    assert response.status_code == 503
-    assert response.json()["status"] == "unavailable"
-    assert "unavailable" in response.json()["store"]
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "unavailable", "broker": "ok", "store": "unavailable"}
+    assert live.status_code == 200
+    assert live.json() == {"status": "ok"}
+    assert "s3cret" not in ready.text + live.text and "127.0.0.1" not in ready.text + live.text
     down.dispose()
 
 

@@ -60,5 +60,5 @@ def test_compensating_the_parent_compensates_the_completed_child(h: Harness) -> 
     assert result.compensated_steps == ("child", "before")
     child = h.engine.status(result.step("child").result["saga_id"])
     assert child.status == SagaStatus.COMPENSATED
-    assert child.error == f"parent saga {result.id} is compensating"
+    assert child.error == f"cancelled: parent saga {result.id} is compensating"
     assert h.ledger.of(child.id, "undo") == ["s5", "s4", "s3", "s2", "s1"]

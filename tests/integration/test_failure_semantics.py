@@ -185,6 +185,7 @@ def test_cancelling_a_parent_cancels_its_running_child(env: Any) -> None:
     wait_for(lambda: len([r for r in engine.list(saga="sem_kid") if marker in str(r.input)]) == 1)
     child = next(r for r in engine.list(saga="sem_kid") if marker in str(r.input))
     wait_for(lambda: step_status(engine, child.id, "k1") == StepStatus.RUNNING)
+    wait_for(lambda: step_status(engine, handle.id, "boom") == StepStatus.COMPLETED)
 
     engine.cancel(handle.id, reason="customer cancelled")
     wait_for(lambda: engine.status(child.id).status == SagaStatus.COMPENSATING)

@@ -13,20 +13,6 @@ from sagaq.store import SagaRecord
 from tests.simulation.scheduler import Sim
 
 
-def _running_step_without_compensation(records: list[SagaRecord], sim: Sim) -> bool:
-    """Issue 9 §1.6a: a step without a compensation is still RUNNING (its worker died) when
-    the saga compensates; the compensation canvas leaves it out, so nobody writes it off and
-    its ancestors' undo polls forever (even sweeps re-publish without it)."""
-    return any(
-        r.status == SagaStatus.COMPENSATING
-        and any(
-            s.status == StepStatus.RUNNING and sim.sagas[r.name].steps[s.name].compensation is None
-            for s in r.steps
-        )
-        for r in records
-    )
-
-
 def _child_past_its_pivot(records: list[SagaRecord], sim: Sim) -> bool:
     """A sub-saga whose child has a pivot: once the child is past it, the parent can neither
     undo the child (its compensation FAILs for good, and no retry clears it) nor should it
@@ -94,11 +80,23 @@ def _retry_leaves_out_a_lost_step(records: list[SagaRecord], sim: Sim) -> bool:
     return False
 
 
+def _retried_compensation_forgets_its_reason(records: list[SagaRecord], sim: Sim) -> bool:
+    """An operator retry of a compensation that gave up (resume_compensation) clears the
+    saga's error: it ends COMPENSATED with no reason (not the failure, cancel or deadline that
+    started it)."""
+    return any(
+        r.status == SagaStatus.COMPENSATED
+        and not r.error
+        and any(e["kind"] == "operator" for e in sim.store.events(r.id))
+        for r in records
+    )
+
+
 KNOWN: dict[str, Callable[[list[SagaRecord], Sim], bool]] = {
+    "retried compensation forgets its reason": _retried_compensation_forgets_its_reason,
     "operator retry leaves out a step whose worker died": _retry_leaves_out_a_lost_step,
     "pivot lost past the deadline": _pivot_lost_past_deadline,
     "operator retry resets steps before the pivot": _retry_resets_steps_before_the_pivot,
-    "running step without compensation (issue 9 §1.6a)": _running_step_without_compensation,
     "sub-saga past its pivot": _child_past_its_pivot,
 }
 

@@ -18,7 +18,12 @@ from greenlet import greenlet
 from sqlalchemy import select
 
 from sagaq import StepContext
-from sagaq.compiler import COMPENSATION_DONE_TASK, SAGA_DONE_TASK, STEP_FAILED_TASK
+from sagaq.compiler import (
+    BARRIER_TASK,
+    COMPENSATION_DONE_TASK,
+    SAGA_DONE_TASK,
+    STEP_FAILED_TASK,
+)
 from sagaq.definition.saga import Saga
 from sagaq.errors import SagaqError
 from sagaq.observability.events import EventBus
@@ -53,6 +58,7 @@ class Work:
     run: greenlet
     message: Message | None = None
     until: float = 0.0  # a parked worker resumes no earlier than this
+    publishing: bool = False  # parked in a publish: dying there loses what it publishes
 
 
 @dataclass
@@ -184,7 +190,9 @@ class Sim:
         work = self.current
         if work is not None and self.chance(self.faults.publish_park):
             self.log(f"stall: publish by {work.label}")
+            work.publishing = True
             self.park(work, self.clock.now)
+            work.publishing = False
         if self.chance(self.faults.publish_drop):
             self.lost = True
             self.log(f"lost: publish of {sig!r:.80}")
@@ -242,6 +250,8 @@ class Sim:
             return Proceed()
         if task == COMPENSATION_DONE_TASK:
             rt.store.finish_compensation(kw["saga_id"])
+            return Proceed()
+        if task == BARRIER_TASK:  # Celery's built-in no-op between layers of a DAG
             return Proceed()
         saga, step, compensation = self.tasks[task]
         delivery = Delivery(message.task_id, message.retries)
@@ -375,7 +385,8 @@ class Sim:
             return False
         work = self.rng.choice(victims)
         self.parked.remove(work)
-        self.log(f"kill {work.label}")
+        self.log(f"kill {work.label}" + (" (its publish is lost)" if work.publishing else ""))
+        self.lost = self.lost or work.publishing
         self.enter(work, SimCrash("killed"))
         return True
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.simulation.runner import World, run_schedule
 
-DEFAULT_SEEDS = 800  # ~70 ms each on a loaded 2-core machine: about a minute
+DEFAULT_SEEDS = 2000
 CHUNKS = 20
 
 
@@ -75,6 +75,7 @@ def test_a_schedule_replays_exactly(tmp_path: Path) -> None:
     """The same seed gives the same trace, event for event (what makes a replay useful)."""
     logging.disable(logging.CRITICAL)
     try:
+        (tmp_path / "a").mkdir()
         first = run_schedule(World(tmp_path / "a"), 7)
         (tmp_path / "b").mkdir()
         second = run_schedule(World(tmp_path / "b"), 7)

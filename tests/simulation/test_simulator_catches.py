@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-import sagaq.compiler as compiler
 import sagaq.runtime.sweeper as sweeper
 import sagaq.runtime.undo as undo
 import tests.simulation.scheduler as scheduler
+from sagaq.definition.plan import SagaPlan
 from sagaq.definition.saga import Saga
 from sagaq.runtime.base import Halt, Outcome, Runtime
 from tests.simulation.runner import World, run_schedule
@@ -38,11 +38,11 @@ def first_problem(world: World, needle: str, seeds: int = 200) -> str | None:
 def test_undoing_in_forward_order_is_caught(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Planted: compensations run in forward order and the store no longer checks."""
 
-    def forward(saga: Saga, steps: Any) -> Any:
+    def forward(plan: SagaPlan, steps: Any) -> Any:
         chosen = set(steps)
-        return compiler.forward_shape(saga, [s for s in saga.order() if s in chosen])
+        return plan.forward_shape(chosen) if chosen else None
 
-    monkeypatch.setattr(compiler, "compensation_shape", lambda saga, steps: forward(saga, steps))
+    monkeypatch.setattr(SagaPlan, "compensation_shape", forward)
     monkeypatch.setattr(undo, "_dependents", lambda saga, step: set())
     assert first_problem(world, "before its dependent")
 

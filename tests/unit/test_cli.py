@@ -64,8 +64,9 @@ def engine(store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[SagaQ]:
 
 @pytest.fixture
 def example_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """workers.main, the default --app, importing with its store in a temporary file."""
+    """workers.main, named by SAGAQ_APP, importing with its store in a temporary file."""
     monkeypatch.setenv("SAGAQ_STORE_URL", f"sqlite:///{tmp_path / 'workers.db'}")
+    monkeypatch.setenv("SAGAQ_APP", "workers.main:engine")
     return importlib.import_module("workers.main")
 
 
@@ -148,7 +149,7 @@ def test_status_shows_the_saga_header_and_every_step(engine: SagaQ) -> None:
     assert header(out, "failed step") == "pay"
     assert header(out, "error") == "compensation of step 'hold' failed: seat service unavailable"
     hold = row(out, "hold")
-    assert "COMPLETED" in hold and "COMPENSATION_FAILED" in hold
+    assert "COMPENSATION_FAILED" in hold and "COMPLETED" not in hold  # as in --json
     assert "undo: seat service unavailable" in hold
     pay = row(out, "pay")
     assert "FAILED" in pay and "card declined" in pay
@@ -170,7 +171,7 @@ def test_status_json_is_the_saga_result(engine: SagaQ) -> None:
         "pay": "FAILED",
         "issue": "SKIPPED",
     }
-    assert data["steps"][0]["compensation_error"] == "seat service unavailable"
+    assert data["steps"][0]["compensation"]["error"] == "seat service unavailable"
 
 
 def test_status_of_an_unknown_id_is_one_line_error(engine: SagaQ) -> None:
@@ -238,7 +239,9 @@ def test_list_json_is_one_object_per_saga(engine: SagaQ) -> None:
     result = sagaq("list", "--json")
 
     data = json.loads(result.stdout)
-    assert [(d["id"], d["saga"], d["status"]) for d in data] == [(saga_id, "ticket", "RUNNING")]
+    assert [(d["id"], d["saga"], d["status"]) for d in data["sagas"]] == [
+        (saga_id, "ticket", "RUNNING")
+    ]
 
 
 # -- start ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 import sagaq
 from sagaq import DefinitionError, InvalidInputError, Saga, SagaQ, StepContext
+from sagaq.definition.saga import MAX_STEPS
 
 
 def noop(ctx: StepContext) -> None:
@@ -129,7 +130,8 @@ def test_public_api_is_pinned() -> None:
         "saga_of", "saga_step", "Capabilities", "PatternChoice", "VerifyReport",
         "assert_compensates_correctly", "choose_pattern", "verify_saga", "SagaHandle", "SagaQ",
         "SagaResult", "SagaStatus", "Settings", "StepResult", "StepStatus",
-        "BrokerUnavailableError", "DefinitionError", "InvalidInputError", "InvalidStateError",
+        "BrokerUnavailableError", "ConfigurationError", "DefinitionError",
+        "IdempotencyConflictError", "InvalidInputError", "InvalidStateError",
         "NonRetryableError", "SagaNotFoundError", "SagaTimeoutError", "SagaqError",
         "StepTimeoutError", "StoreUnavailableError", "UnknownSagaError",
         "UnserializableResultError",
@@ -155,12 +157,110 @@ def test_pivot_marks_the_steps_after_it_and_only_one_pivot_is_allowed() -> None:
     a = saga.step(name="a")(noop)
     b = saga.step(name="b", depends_on=[a], pivot=True)(noop)
     saga.step(name="c", depends_on=[b])(noop)
-    saga.step(name="d", depends_on=[a])(noop)
-
-    assert saga.after_pivot() == {"c"}
     saga.step(name="e", pivot=True)(noop)
+
     with pytest.raises(DefinitionError, match="several pivot steps"):
         saga.validate()
+    del saga.steps["e"]
+    assert saga.after_pivot() == {"c"}
+
+
+def test_a_step_neither_before_nor_after_the_pivot_is_refused_and_named() -> None:
+    # Given reserve -> pay (pivot) -> ship, and a side branch "audit" hanging off reserve
+    saga = Saga("side")
+    reserve = saga.step(name="reserve")(noop)
+    pay = saga.step(name="pay", depends_on=[reserve], pivot=True)(noop)
+    saga.step(name="ship", depends_on=[pay])(noop)
+    saga.step(name="audit", depends_on=[reserve])(noop)
+
+    # Then registration refuses it: audit could run, or be undone, past the point of no return
+    with pytest.raises(DefinitionError, match="step 'audit' is neither before nor after the pivot"):
+        saga.freeze()
+
+
+def test_a_compensation_after_the_pivot_is_allowed_but_never_undone() -> None:
+    saga = Saga("late_undo")
+    pay = saga.step(name="pay", pivot=True)(noop)
+    pay.compensate(lambda ctx, result: None)
+    ship = saga.step(name="ship", depends_on=[pay])(noop)
+    ship.compensate(lambda ctx, result: None)
+
+    plan = saga.freeze()
+
+    assert plan.undoable == frozenset() and plan.compensation is None
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("order\n", "invalid saga name"),
+        ("9lives", "invalid saga name"),
+        ("x" * 201, "201 characters, at most 200"),
+        ("sagaq", "saga name 'sagaq' is reserved"),
+    ],
+)
+def test_bad_saga_names_are_refused(name: str, problem: str) -> None:
+    with pytest.raises(DefinitionError, match=problem):
+        Saga(name)
+
+
+def test_a_saga_name_of_two_hundred_characters_is_accepted() -> None:
+    assert Saga("x" * 200).name == "x" * 200
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("charge\n", "invalid step name"),
+        ("a-b", "invalid step name"),
+        ("s" * 201, "201 characters, at most 200"),
+    ],
+)
+def test_bad_step_names_are_refused(name: str, problem: str) -> None:
+    with pytest.raises(DefinitionError, match=problem):
+        Saga("names").step(name=name)(noop)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"forward_retry": -1},
+        {"compensation_retry": -1},
+        {"compensation_backoff": -0.5},
+        {"compensation_backoff": float("nan")},
+        {"deadline": 0},
+        {"deadline": -5},
+        {"deadline": float("inf")},
+    ],
+)
+def test_negative_saga_options_are_refused(options: dict[str, Any]) -> None:
+    [option] = options
+    with pytest.raises(DefinitionError, match=option):
+        Saga("opts", **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"retry": -1},
+        {"backoff": -0.1},
+        {"backoff": float("nan")},
+        {"timeout": 0},
+        {"timeout": -3},
+    ],
+)
+def test_negative_step_options_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(DefinitionError, match="retry and backoff must be >= 0 and timeout > 0"):
+        Saga("opts").step(name="a", **options)(noop)
+
+
+def test_more_than_max_steps_is_refused_naming_the_limit() -> None:
+    saga = Saga("huge")
+    for i in range(MAX_STEPS):
+        saga.step(name=f"s{i}")(noop)
+
+    with pytest.raises(DefinitionError, match=f"MAX_STEPS \\({MAX_STEPS}\\)"):
+        saga.step(name="one_more")(noop)
 
 
 def test_unknown_failure_policy_is_refused() -> None:

@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from celery import Celery
+from celery.canvas import Signature, _chain, chord, group
 
 from sagaq import Saga, StepContext
+from sagaq.compiler import compile_compensation
 from sagaq.graph import mermaid_id, plan, render, to_ascii, to_dot, to_mermaid
+
+app = Celery("graph-tests", set_as_current=False)
 
 
 def noop(ctx: StepContext) -> None:
@@ -127,3 +132,74 @@ def test_dot_draws_the_reverse_plan_with_coloured_nodes() -> None:
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown graph format 'png'"):
         render(DIAMOND, "png")
+
+
+def _drawn_order(saga: Saga) -> set[tuple[str, str]]:
+    """(x, y) when the compensation drawing undoes x before y (transitively)."""
+    p = plan(saga, compensation=True)
+    after: dict[str, set[str]] = {n: set() for layer in p.layers for n in layer}
+    for node in reversed([n for layer in p.layers for n in layer]):
+        for succ in p.successors(node):
+            after[node] |= {succ, *after[succ]}
+    return {(x, y) for x, ys in after.items() for y in ys}
+
+
+def _canvas_order(sig: Signature) -> tuple[list[str], set[tuple[str, str]]]:
+    """The steps a compensation canvas undoes, and (x, y) when y starts after x finished."""
+    if isinstance(sig, chord):
+        head_steps, head_order = _canvas_order(group(sig.tasks))
+        body_steps, body_order = _canvas_order(sig.body)
+        cross = {(x, y) for x in head_steps for y in body_steps}
+        return head_steps + body_steps, head_order | body_order | cross
+    if isinstance(sig, group | _chain):
+        steps: list[str] = []
+        order: set[tuple[str, str]] = set()
+        for part in sig.tasks:
+            part_steps, part_order = _canvas_order(part)
+            if isinstance(sig, _chain):
+                order |= {(x, y) for x in steps for y in part_steps}
+            steps += part_steps
+            order |= part_order
+        return steps, order
+    if sig.task.startswith(("sagaq.", "celery.")):  # finalizers and barriers undo nothing
+        return [], set()
+    return [sig.task.split(".")[1]], set()
+
+
+@pytest.mark.parametrize(
+    "saga",
+    [
+        DIAMOND,
+        make("gap", {"a": [], "b": ["a"], "c": ["b"], "d": ["c"]}, undoable={"a", "b", "d"}),
+        make("nsp", {"a": [], "b": [], "c": ["a", "b"], "d": ["b"]}),
+        make("fan", {"a": [], "b": ["a"], "c": ["a"], "d": ["a"], "e": ["b", "c"]}),
+    ],
+    ids=lambda saga: saga.name,
+)
+def test_the_compensation_drawing_is_what_the_compiled_rollback_runs(saga: Saga) -> None:
+    # When the whole saga is rolled back, the compiler undoes the plan's undoable steps
+    canvas = compile_compensation(saga, "sid", saga.plan.undoable, app)
+    undone, runs_before = _canvas_order(canvas)
+
+    # Then the drawing shows exactly those steps, in exactly that order
+    drawn = plan(saga, compensation=True)
+    assert sorted(undone) == sorted(n for layer in drawn.layers for n in layer)
+    assert _drawn_order(saga) == runs_before
+    assert saga.plan.compensation is not None
+
+
+def test_the_pivot_saga_draws_only_what_precedes_the_pivot() -> None:
+    saga = Saga("pivot_draw")
+    a = saga.step(name="a")(noop)
+    a.compensate(undo)
+    b = saga.step(name="b", depends_on=[a])(noop)
+    b.compensate(undo)
+    pay = saga.step(name="pay", depends_on=[b], pivot=True)(noop)
+    pay.compensate(undo)  # allowed, never part of a rollback
+    saga.step(name="ship", depends_on=[pay])(noop).compensate(undo)
+
+    assert plan(saga, compensation=True).layers == (("b",), ("a",))
+    assert (
+        _drawn_order(saga)
+        == _canvas_order(compile_compensation(saga, "sid", saga.plan.undoable, app))[1]
+    )

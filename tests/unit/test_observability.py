@@ -220,7 +220,6 @@ WORKER_MODULE = """
 import os
 from celery import Celery
 from sagaq import NonRetryableError, Saga, SagaQ
-from sagaq.observability.metrics import install_worker_metrics
 
 app = Celery("metered", set_as_current=False)
 app.config_from_object("celeryconfig")
@@ -242,9 +241,9 @@ def second(ctx):
         raise NonRetryableError("asked to fail")
     return {"ok": True}
 
+# No install_worker_metrics(): building a SagaQ is enough when SAGAQ_METRICS_PORT is set.
 engine = SagaQ(app, store=os.environ["TEST_STORE"])
 engine.register(metered)
-install_worker_metrics(engine)
 """
 
 

@@ -117,3 +117,20 @@ def test_duplicate_and_invalid_participant_names_are_refused_at_once() -> None:
         tcc.participant("a", try_=hold, confirm=confirm, cancel=release)
     with pytest.raises(DefinitionError, match="invalid participant name 'a-b'"):
         tcc.participant("a-b", try_=hold, confirm=confirm, cancel=release)
+
+
+def test_the_frozen_plan_cancels_tries_only_and_never_touches_confirms() -> None:
+    plan = trip().saga.freeze()
+
+    assert plan.pivot == "decide"
+    assert plan.after_pivot == {"confirm_flight", "confirm_hotel"}
+    assert plan.undoable == {"try_flight", "try_hotel", "try_payment"}
+    # try_payment depends on try_flight: its cancel runs first; the hotel's in parallel
+    assert plan.compensation == Par(
+        (Seq((Leaf("try_payment"), Leaf("try_flight"))), Leaf("try_hotel"))
+    )
+
+
+def test_a_participant_name_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(DefinitionError, match="invalid participant name"):
+        Tcc("nl").participant("flight\n", try_=hold, confirm=confirm, cancel=release)

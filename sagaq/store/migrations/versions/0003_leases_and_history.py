@@ -21,6 +21,7 @@ def upgrade() -> None:
     with op.batch_alter_table("saga") as batch:
         batch.add_column(sa.Column("parent_step", sa.String(200)))
         batch.add_column(sa.Column("cause", sa.String(16)))
+        batch.add_column(sa.Column("steps_left", sa.Integer(), nullable=False, server_default="0"))
     with op.batch_alter_table("saga_step") as batch:
         batch.add_column(sa.Column("task_id", sa.String(64)))
         batch.add_column(sa.Column("heartbeat_at", sa.Float()))
@@ -69,5 +70,6 @@ def downgrade() -> None:
         for column in ("undoable", "applied", "resume_token", "heartbeat_at", "task_id"):
             batch.drop_column(column)
     with op.batch_alter_table("saga") as batch:
+        batch.drop_column("steps_left")
         batch.drop_column("cause")
         batch.drop_column("parent_step")
