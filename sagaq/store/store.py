@@ -518,9 +518,12 @@ class SagaStore(CompensationTransitions):
             )
             if won.rowcount != 1:
                 return None
+            # A step its `when` skipped ran (attempts > 0) and stays skipped: put back, a step
+            # before the pivot could never run again once the deadline passed.
+            never_ran = (saga_step.c.status != T.SKIPPED) | (saga_step.c.attempts == 0)
             conn.execute(
                 update(saga_step)
-                .where(steps, saga_step.c.status.in_(_RESET))
+                .where(steps, saga_step.c.status.in_(_RESET), never_ran)
                 .values(status=T.PENDING, attempts=0, error=None, heartbeat_at=None)
             )
             left = (
@@ -531,7 +534,11 @@ class SagaStore(CompensationTransitions):
             conn.execute(update(saga).where(saga.c.id == saga_id).values(steps_left=left))
             self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor, reason=reason)
             self._event(conn, saga_id, "saga", now, status=S.RUNNING)
+            # RUNNING too: an attempt whose worker died while the saga was FAILED holds its
+            # step until its lease runs out; its new message takes it over then.
             names = conn.execute(
-                select(saga_step.c.name).where(steps, saga_step.c.status == T.PENDING)
+                select(saga_step.c.name).where(
+                    steps, saga_step.c.status.in_((T.PENDING, T.RUNNING))
+                )
             )
             return list(names.scalars())
