@@ -44,42 +44,6 @@ def _pivot_lost_past_deadline(records: list[SagaRecord], sim: Sim) -> bool:
     return False
 
 
-def _retry_resets_steps_before_the_pivot(records: list[SagaRecord], sim: Sim) -> bool:
-    """An operator retry of a saga that FAILED after its pivot (resume_forward) puts every
-    FAILED or SKIPPED step back to PENDING, also steps before the pivot that a `when=` skipped.
-    Once the deadline passed, their claim says EXPIRED and compensation is refused (the pivot
-    completed): RUNNING forever."""
-    for r in records:
-        saga = sim.sagas[r.name]
-        pivot = next((s.name for s in saga.steps.values() if s.pivot), None)
-        if pivot is None or r.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
-            continue
-        before = saga.ancestors()[pivot] | (set(saga.steps) - saga.after_pivot() - {pivot})
-        if r.step(pivot).status == StepStatus.COMPLETED and any(
-            r.step(name).status == StepStatus.PENDING for name in before
-        ):
-            return True
-    return False
-
-
-def _retry_leaves_out_a_lost_step(records: list[SagaRecord], sim: Sim) -> bool:
-    """An operator retry (resume_forward) re-publishes the PENDING steps only: a step whose
-    worker died while the saga was FAILED stays RUNNING, unclaimed, and its dependents poll
-    every 100 ms until a sweep re-publishes it."""
-    lease = sim.rt.lease
-    for r in records:
-        if r.status not in (SagaStatus.PENDING, SagaStatus.RUNNING):
-            continue
-        retried = any(e["kind"] == "operator" for e in sim.store.events(r.id))
-        lost = any(
-            s.status == StepStatus.RUNNING and (s.heartbeat_at or 0.0) + lease < sim.clock.now
-            for s in r.steps
-        )
-        if retried and lost:
-            return True
-    return False
-
-
 def _retried_compensation_forgets_its_reason(records: list[SagaRecord], sim: Sim) -> bool:
     """An operator retry of a compensation that gave up (resume_compensation) clears the
     saga's error: it ends COMPENSATED with no reason (not the failure, cancel or deadline that
@@ -94,9 +58,7 @@ def _retried_compensation_forgets_its_reason(records: list[SagaRecord], sim: Sim
 
 KNOWN: dict[str, Callable[[list[SagaRecord], Sim], bool]] = {
     "retried compensation forgets its reason": _retried_compensation_forgets_its_reason,
-    "operator retry leaves out a step whose worker died": _retry_leaves_out_a_lost_step,
     "pivot lost past the deadline": _pivot_lost_past_deadline,
-    "operator retry resets steps before the pivot": _retry_resets_steps_before_the_pivot,
     "sub-saga past its pivot": _child_past_its_pivot,
 }
 

@@ -144,12 +144,11 @@ def test_pivot_whose_worker_died_is_not_stuck_once_the_deadline_passed(world: Wo
     assert record is not None and record.status.is_terminal, record.status
 
 
-@pytest.mark.xfail(strict=True, reason="resume_forward resets every FAILED/SKIPPED step")
 def test_operator_retry_after_the_pivot_leaves_steps_before_it_alone(world: World) -> None:
     """Given a saga that FAILED after its pivot, with a step before the pivot that its `when`
     skipped, when an operator retries it after the deadline passed, then it completes. The
-    retry put the skipped step back to PENDING; its claim then said EXPIRED (it is before the
-    pivot) and compensation was refused (the pivot completed): RUNNING for ever."""
+    retry used to put the skipped step back to PENDING; its claim then said EXPIRED (it is
+    before the pivot) and compensation was refused (the pivot completed): RUNNING for ever."""
     sim = scripted(world)
     saga = Saga("resumed", deadline=2.0, forward_retry=0)
     add_step(sim, saga, "gift", when=lambda ctx: False)
@@ -166,12 +165,11 @@ def test_operator_retry_after_the_pivot_leaves_steps_before_it_alone(world: Worl
     assert record is not None and record.status == SagaStatus.COMPLETED, record
 
 
-@pytest.mark.xfail(strict=True, reason="resume_forward re-publishes PENDING steps only")
 def test_operator_retry_runs_again_a_step_whose_worker_died(world: World) -> None:
     """Given a saga past its pivot where one branch's worker died (message lost, the step
     stays RUNNING) and the other branch failed for good (FAILED for an operator), when an
-    operator retries it, then it completes without a sweep. The retry re-published only the
-    PENDING and FAILED steps: the dead branch's dependent polled every 100 ms for ever."""
+    operator retries it, then it completes without a sweep. The retry used to re-publish only
+    the PENDING and FAILED steps: the dead branch's dependent polled every 100 ms for ever."""
     sim = scripted(
         world,
         checkpoints={("pack", "before effect", 1): "crash"},
