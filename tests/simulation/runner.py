@@ -64,12 +64,13 @@ class Outcome:
 
 
 class World:
-    """What schedules share in one process: a SQLite store (emptied between schedules) and a
-    Celery app used only to build signatures."""
+    """What schedules share in one process: a store (emptied between schedules; SQLite in a
+    folder, or a store URL) and a Celery app used only to build signatures."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, where: Path | str) -> None:
         self.clock = SimClock()
-        self.store = SagaStore(f"sqlite:///{path / 'sim.db'}", clock=self.clock)
+        url = where if isinstance(where, str) else f"sqlite:///{where / 'sim.db'}"
+        self.store = SagaStore(url, clock=self.clock)
         self.app = Celery("sagaq-sim", set_as_current=False)
 
     def reset(self) -> None:

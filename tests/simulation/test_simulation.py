@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import PG_URL, pg_schema_url, require
 from tests.simulation.runner import World, run_schedule
 
 DEFAULT_SEEDS = 1500  # about 50 s here (35 ms each); see README.md
@@ -61,6 +62,27 @@ def test_schedules_keep_every_invariant(world: World, chunk: int) -> None:
             failures[0].report() + (f"\nalso failed: seeds {others}" if others else ""),
             pytrace=False,
         )
+
+
+@pytest.mark.redis
+def test_schedules_keep_every_invariant_on_postgresql() -> None:
+    """The same on PostgreSQL, whose store has its own statements for start, claim and
+    completion (the fast path): fewer schedules, each costs a few round trips more."""
+    require(PG_URL)
+    count = int(os.environ.get("SAGAQ_SIM_PG_SEEDS", 300))
+    logging.disable(logging.CRITICAL)
+    try:
+        with pg_schema_url() as url:
+            world = World(url)
+            try:
+                outcomes = [run_schedule(world, seed) for seed in range(count)]
+            finally:
+                world.store.dispose()
+    finally:
+        logging.disable(logging.NOTSET)
+    failures = [o for o in outcomes if not o.ok and not o.known]
+    if failures:
+        pytest.fail(failures[0].report(), pytrace=False)
 
 
 @pytest.mark.skipif("SAGAQ_SIM_SEED" not in os.environ, reason="set SAGAQ_SIM_SEED to replay")
