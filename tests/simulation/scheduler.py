@@ -145,6 +145,10 @@ class Sim:
             raise SimCrash(where)
         if hold or choice == "park":
             self.log(f"stall: {what}" + (f" for {hold:g}s" if hold else ""))
+            if self.chance(min(1.0, 5 * self.faults.duplicate)):
+                # at-least-once: the broker hands the same message to another worker meanwhile
+                self.log(f"duplicate {self.describe(work.message)} (running)")
+                self.again(work.message, retries=work.message.retries, eta=self.clock.now)
             self.park(work, self.clock.now + hold)
 
     # -- the decisions a schedule makes (scripted.py overrides them) ----------------------
@@ -370,7 +374,8 @@ class Sim:
 
     def fault_duplicate(self, ready: list[Message]) -> bool:
         running = [w.message for w in self.parked if w.message is not None]
-        pool = ready + running
+        # A running one when there is one, half the time: the duplicate that matters most.
+        pool = running if running and self.rng.random() < 0.5 else ready + running
         if not pool:
             return False
         message = self.rng.choice(pool)
