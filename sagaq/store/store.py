@@ -194,13 +194,19 @@ class SagaStore(CompensationTransitions):
                 return replace(run_claim(rows, deps, mine.attempts), resumed=True)
             fresh = saga_step.c.status == T.PENDING
             lost = (saga_step.c.status == T.RUNNING) & (saga_step.c.heartbeat_at <= now - lease)
+            if is_pivot:
+                # A pivot that started before the deadline may have applied: a lost attempt
+                # is taken over whatever the deadline (compensation is refused once it started).
+                active = exists().where(saga.c.id == saga_id, saga.c.status.in_(SAGA_ACTIVE))
+                allowed = (fresh & saga_ok) | (lost & active)
+            else:
+                allowed = (fresh | lost) & saga_ok
             row = conn.execute(
                 update(saga_step)
                 .where(
                     step_key(saga_id, step),
                     saga_step.c.status.in_(_CLAIMED),
-                    fresh | lost,
-                    saga_ok,
+                    allowed,
                     *((deps_done,) if deps else ()),
                 )
                 .values(
@@ -214,7 +220,9 @@ class SagaStore(CompensationTransitions):
                 .returning(saga_step.c.attempts)
             ).first()
             if row is None:
-                return self._refused_claim(conn, saga_id, step, deps, now, lease, past_pivot)
+                return self._refused_claim(
+                    conn, saga_id, step, deps, now, lease, past_pivot, is_pivot=is_pivot
+                )
             self._event(
                 conn,
                 saga_id,
@@ -238,6 +246,8 @@ class SagaStore(CompensationTransitions):
         now: float,
         lease: float,
         past_pivot: bool,
+        *,
+        is_pivot: bool = False,
     ) -> StepClaim:
         row = conn.execute(
             select(
@@ -257,7 +267,8 @@ class SagaStore(CompensationTransitions):
         if row.saga_status not in SAGA_ACTIVE:
             return StepClaim(Claim.STOP)
         expired = row.deadline_at is not None and row.deadline_at <= now
-        if expired and not past_pivot:
+        started_pivot = is_pivot and row.status == T.RUNNING  # it runs on, deadline or not
+        if expired and not past_pivot and not started_pivot:
             return StepClaim(Claim.EXPIRED)
         if row.status == T.RUNNING:
             return StepClaim(Claim.WAIT, retry_in=max(0.05, row.heartbeat_at + lease - now))
