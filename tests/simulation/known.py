@@ -30,20 +30,6 @@ def _child_past_its_pivot(records: list[SagaRecord], sim: Sim) -> bool:
     return False
 
 
-def _pivot_lost_past_deadline(records: list[SagaRecord], sim: Sim) -> bool:
-    """The pivot's worker died (its row stays RUNNING, the lease runs out) and the deadline
-    passes: every new delivery's claim says EXPIRED, and the compensation it then starts is
-    refused because the pivot started. Nothing ever moves: RUNNING forever, sweeps included."""
-    now = sim.clock.now
-    for r in records:
-        pivot = next((s.name for s in sim.sagas[r.name].steps.values() if s.pivot), None)
-        expired = r.deadline_at is not None and r.deadline_at <= now
-        active = r.status in (SagaStatus.PENDING, SagaStatus.RUNNING)
-        if pivot and expired and active and r.step(pivot).status == StepStatus.RUNNING:
-            return True
-    return False
-
-
 def _retried_compensation_forgets_its_reason(records: list[SagaRecord], sim: Sim) -> bool:
     """An operator retry of a compensation that gave up (resume_compensation) clears the
     saga's error: it ends COMPENSATED with no reason (not the failure, cancel or deadline that
@@ -58,7 +44,6 @@ def _retried_compensation_forgets_its_reason(records: list[SagaRecord], sim: Sim
 
 KNOWN: dict[str, Callable[[list[SagaRecord], Sim], bool]] = {
     "retried compensation forgets its reason": _retried_compensation_forgets_its_reason,
-    "pivot lost past the deadline": _pivot_lost_past_deadline,
     "sub-saga past its pivot": _child_past_its_pivot,
 }
 
