@@ -30,20 +30,7 @@ def _child_past_its_pivot(records: list[SagaRecord], sim: Sim) -> bool:
     return False
 
 
-def _retried_compensation_forgets_its_reason(records: list[SagaRecord], sim: Sim) -> bool:
-    """An operator retry of a compensation that gave up (resume_compensation) clears the
-    saga's error: it ends COMPENSATED with no reason (not the failure, cancel or deadline that
-    started it)."""
-    return any(
-        r.status == SagaStatus.COMPENSATED
-        and not r.error
-        and any(e["kind"] == "operator" for e in sim.store.events(r.id))
-        for r in records
-    )
-
-
 KNOWN: dict[str, Callable[[list[SagaRecord], Sim], bool]] = {
-    "retried compensation forgets its reason": _retried_compensation_forgets_its_reason,
     "sub-saga past its pivot": _child_past_its_pivot,
 }
 
