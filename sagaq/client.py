@@ -242,9 +242,9 @@ class SagaQ:
                 continue
             if known is not None:
                 raise DefinitionError(f"another saga named {saga.name!r} is already registered")
-            saga.freeze()
             adopt_default_queue(self.app, saga)
             check_saga_fits(self.app, saga)
+            saga.freeze()
             self._check_visibility_timeout(saga)
             install_saga_tasks(self.runtime, saga)
             self.sagas[saga.name] = saga
