@@ -31,6 +31,7 @@ from sagaq.runtime import (
     start_saga,
     sweep,
 )
+from sagaq.runtime.kombu_fix import patch_kombu_redis_close
 from sagaq.status import SagaStatus, StepStatus
 from sagaq.store import SagaRecord, SagaStore, StepRecord
 
@@ -142,6 +143,7 @@ class SagaQ:
     def __init__(
         self, app: Celery, store: str | SagaStore, *, max_input_bytes: int = MAX_INPUT_BYTES
     ) -> None:
+        patch_kombu_redis_close()  # workers survive a Redis restart (see kombu_fix.py)
         self.app = app
         self.max_input_bytes = max_input_bytes
         self.store = store if isinstance(store, SagaStore) else SagaStore(store)
