@@ -214,3 +214,27 @@ class OwnRabbitMQ:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def machine_redis_run_id(url: str) -> str | None:
+    """The run_id of the machine's Redis (a new one means it was restarted), None if it does
+    not answer. Read only: INFO."""
+    try:
+        info = redis.Redis.from_url(url, socket_timeout=2).info("server")
+    except (redis.RedisError, OSError):
+        return None
+    return str(info["run_id"])
+
+
+def listening_socket(port: int) -> str | None:
+    """The inode of the socket listening on TCP `port` (IPv4 or IPv6), None if none is. A
+    broker that was restarted, even only its application (rabbitmqctl stop_app/start_app),
+    listens on a new socket."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    return inode
+    return None
