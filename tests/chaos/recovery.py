@@ -76,3 +76,12 @@ def summarize(faults: list[Fault], store: SagaStore) -> dict[str, dict[str, obje
             "never_recovered": sum(t is None for _, t in times),
         }
     return summary
+
+
+def killed_under(faults: list[Fault]) -> dict[str, set[str]]:
+    """saga_id -> its steps whose process a fault killed (or cut off) while running them."""
+    found: dict[str, set[str]] = {}
+    for fault in faults:
+        for saga_id, step in fault.lost_steps:
+            found.setdefault(saga_id, set()).add(step)
+    return found

@@ -57,7 +57,8 @@ class ChaosPlan(BaseModel):
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS chaos_ledger (
-    key text PRIMARY KEY, saga_id text NOT NULL, delta integer NOT NULL
+    key text PRIMARY KEY, saga_id text NOT NULL, delta integer NOT NULL,
+    at double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
 );
 CREATE TABLE IF NOT EXISTS chaos_event (key text NOT NULL, kind text NOT NULL);
 CREATE TABLE IF NOT EXISTS chaos_flake (key text PRIMARY KEY);
@@ -185,6 +186,15 @@ class Ledger:
                 found[saga_id][key] = delta
         return found
 
+    def undo_times(self) -> dict[str, dict[str, float]]:
+        """saga_id -> {step: when its compensation wrote its row}."""
+        found: dict[str, dict[str, float]] = defaultdict(dict)
+        query = text("SELECT key, saga_id, at FROM chaos_ledger WHERE key LIKE :undo")
+        with self.engine.connect() as conn:
+            for key, saga_id, at in conn.execute(query, {"undo": "%:undo"}):
+                found[saga_id][key.rsplit(":", 2)[1]] = float(at)
+        return found
+
     def flakes(self) -> set[str]:
         """Keys whose injected transient failure fired."""
         with self.engine.connect() as conn:
@@ -201,7 +211,8 @@ class Ledger:
             self._engine.dispose()
 
 
-def build_chaos_saga(queue: str, ledger: Ledger) -> Saga:
+def build_chaos_saga(queue: str, ledger: Ledger, pivot: str | None = None) -> Saga:
+    """`pivot`: a step past which, once it completed, nothing is undone."""
     saga = Saga(SAGA, ChaosPlan, queue=queue, compensation_backoff=0.05)
 
     def act(ctx: StepContext) -> dict[str, Any]:
@@ -229,6 +240,12 @@ def build_chaos_saga(queue: str, ledger: Ledger) -> Saga:
         time.sleep(random.uniform(0, MAX_SLEEP / 2))
 
     for name, deps in DEPENDS.items():
-        step = saga.step(name=name, depends_on=list(deps), retry=RETRY.get(name, 0), backoff=0.05)
+        step = saga.step(
+            name=name,
+            depends_on=list(deps),
+            retry=RETRY.get(name, 0),
+            backoff=0.05,
+            pivot=name == pivot,
+        )
         step(act).compensate(undo)
     return saga
