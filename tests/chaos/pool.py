@@ -65,6 +65,7 @@ class WorkerPool:
     size: int = 2
     concurrency: int = 2
     prefix: list[str] = field(default_factory=list)  # e.g. run inside a network namespace
+    app: str = "tests.chaos.worker_app"  # the Celery app module the workers run
     host: str = "%h"  # the node name's host part
     started: list[Worker] = field(default_factory=list)
     kills: Counter[str] = field(default_factory=Counter)
@@ -90,7 +91,7 @@ class WorkerPool:
             *self.prefix,
             CELERY,
             "-A",
-            "tests.chaos.worker_app",
+            self.app,
             "worker",
             "-P",
             "prefork",
@@ -177,7 +178,7 @@ class WorkerPool:
             time.sleep(0.1)
         for worker in self.started:
             worker.replaced = True  # stopped on purpose, not crashed
-            for pid in _group(worker.pid):  # orphaned children of a killed main process too
+            for pid in _group(worker.pid, self.app):  # orphaned children of a killed main too
                 _kill(pid)
             worker.process.wait(timeout=10)
 
@@ -188,14 +189,14 @@ def _stat(pid: str) -> list[str]:
     return stat.rsplit(")", 1)[1].split()
 
 
-def _group(pgid: int) -> list[int]:
-    """Live chaos-worker processes in process group `pgid` (one this pool created)."""
+def _group(pgid: int, app: str) -> list[int]:
+    """Live worker processes of `app` in process group `pgid` (one this pool created)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             if not entry.name.isdigit() or int(_stat(entry.name)[2]) != pgid:
                 continue
-            if b"tests.chaos.worker_app" in (entry / "cmdline").read_bytes():
+            if app.encode() in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
         except OSError:
             continue

@@ -140,9 +140,10 @@ class OwnPostgres:
     and data directory, trust authentication), listening on loopback and `addresses`. The
     machine's PostgreSQL is not touched."""
 
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, addresses: list[str], settings: str = "-c fsync=off") -> None:
         self.port = free_port()
         self.addresses = ["127.0.0.1", *addresses]
+        self.settings = settings  # fsync off for the tests; the capacity measurement keeps it
         self.dir = Path(tempfile.mkdtemp(prefix="sagaq-pg-"))
         self.data = self.dir / "data"
         initdb = postgres_initdb()
@@ -168,7 +169,7 @@ class OwnPostgres:
             hba.write("host all all 198.18.0.0/15 trust\n")
         options = (
             f"-p {self.port} -c listen_addresses={','.join(self.addresses)} "
-            f"-c unix_socket_directories={self.dir} -c fsync=off -c max_connections=200"
+            f"-c unix_socket_directories={self.dir} -c max_connections=200 {self.settings}"
         )
         self._as_postgres(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options,
