@@ -45,7 +45,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
-def _kill_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM, then SIGKILL, the process group of a service this module started."""
     if process.poll() is not None:
         return
@@ -105,7 +105,7 @@ class OwnRedis:
 
     def close(self) -> None:
         if self.process is not None:
-            _kill_group(self.process)
+            stop_process_group(self.process)
             self.process = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -204,7 +204,7 @@ class OwnRabbitMQ:
         if self.process is not None:
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 self._ctl("stop")
-            _kill_group(self.process)
+            stop_process_group(self.process)
             self.process = None
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.chaos.services import _kill_group, free_port, wait_until
+from tests.chaos.services import answers, free_port, stop_process_group, wait_until
 
 
 def _ip(*args: str) -> None:
@@ -75,7 +75,7 @@ class Host:
 class Cluster:
     size: int
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
-    net: int = field(default_factory=lambda: random.randrange(0, 256))
+    net: int = field(default_factory=lambda: _unused_net())
     hosts: list[Host] = field(default_factory=list)
 
     def open(self) -> Cluster:
@@ -120,6 +120,14 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unused_net() -> int:
+    """A /24 of 198.18.0.0/24..198.18.255.0/24 no interface here uses (another cluster test
+    running at the same time)."""
+    shown = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    used = {int(part.split(".")[2]) for part in shown.split() if part.startswith("198.18.")}
+    return random.choice([n for n in range(256) if n not in used])
 
 
 def _pids_in(netns: str) -> list[int]:
@@ -215,16 +223,10 @@ class BoundRedis:
             "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "log"),
         ]  # fmt: skip
         self.process = subprocess.Popen(command, start_new_session=True)
-        wait_until(lambda: _answers(self.port), 30, "the cluster's redis did not start")
+        wait_until(lambda: answers(self.port), 30, "the cluster's redis did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.process is not None:
-            _kill_group(self.process)
+            stop_process_group(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _answers(port: int) -> bool:
-    from tests.chaos.services import answers
-
-    return answers(port)
