@@ -20,7 +20,14 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 
 # Redis redelivers unacked messages after this long; keep it above the longest step timeout.
-broker_transport_options = {"visibility_timeout": _settings.visibility_timeout}
+# Every worker scans for such messages every `unacked_restore_interval` seconds (throttle 1:
+# each scan really runs), so a dead worker's messages come back within visibility timeout +
+# interval. README "Recovery times" has the figures.
+broker_transport_options = {
+    "visibility_timeout": _settings.visibility_timeout,
+    "unacked_restore_interval": _settings.unacked_restore_interval,
+    "unacked_restore_throttle": 1,
+}
 result_backend_transport_options = {"visibility_timeout": _settings.visibility_timeout}
 result_expires = 3600
 

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from sagaq import loader
-from sagaq.cli_history import history_view, page_json, page_view
+from sagaq.cli_history import history_view, page_view
 from sagaq.cli_views import saga_view, since_timestamp, to_json
 from sagaq.client import SagaQ, SagaResult
 from sagaq.errors import SagaNotFoundError, SagaqError, SagaTimeoutError
@@ -272,12 +272,10 @@ def list_(
         history = SagaHistory(store)
         page = history.search(where, cursor=cursor, limit=limit)
         tally = history.count_by_status(where) if counts else None
-    if as_json:  # stdout stays one JSON array; what else there is goes to stderr
-        click.echo(to_json(page_json(page)))
-        if tally is not None:
-            click.echo(to_json({str(k): n for k, n in tally.counts.items()}), err=True)
-        if page.next_cursor:
-            click.echo(f"more: --cursor {page.next_cursor}", err=True)
+    if as_json:
+        from sagaq.api.history_models import SagaPageOut  # the API's shape: one JSON for both
+
+        click.echo(SagaPageOut.of(page, tally).model_dump_json(indent=2))
     else:
         _console().print(page_view(page, tally))
 

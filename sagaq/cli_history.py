@@ -4,7 +4,6 @@ the counts per status, and a saga's timeline."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -45,26 +44,6 @@ def page_view(page: SagaPage, counts: StatusCounts | None) -> RenderableType:
     if page.next_cursor:
         parts.append(Text(f"more: --cursor {page.next_cursor}", style="dim"))
     return Group(*parts)
-
-
-def page_json(page: SagaPage) -> list[dict[str, Any]]:
-    """The sagas of a page as JSON objects (the same keys as the API's list)."""
-    return [
-        {
-            "id": s.id,
-            "saga": s.name,
-            "status": s.status,
-            "idempotency_key": s.idempotency_key,
-            "cause": s.cause,
-            "failed_step": s.failed_step,
-            "error": s.error,
-            "created_at": s.created_at,
-            "finished_at": s.finished_at,
-            "duration_ms": s.duration_ms,
-            "parent_id": s.parent_id,
-        }
-        for s in page.sagas
-    ]
 
 
 def _status(status: str | None) -> str:

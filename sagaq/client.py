@@ -44,6 +44,7 @@ from sagaq.runtime import (
     start_saga,
     sweep,
 )
+from sagaq.runtime.kombu_fix import patch_kombu_redis_close
 from sagaq.settings import Settings
 from sagaq.status import SagaStatus, StepStatus
 from sagaq.store import SagaRecord, SagaStore, StepRecord
@@ -204,6 +205,7 @@ class SagaQ:
         a SagaStore. `heartbeat`: seconds between lease renewals of a running step (default
         SAGAQ_HEARTBEAT, 10); a step whose worker died is recovered after three missed beats.
         `settings` defaults to the SAGAQ_* environment."""
+        patch_kombu_redis_close()  # workers survive a Redis restart (see kombu_fix.py)
         self.app = app
         self.max_input_bytes = max_input_bytes
         self.settings = settings or Settings()
@@ -242,9 +244,9 @@ class SagaQ:
                 continue
             if known is not None:
                 raise DefinitionError(f"another saga named {saga.name!r} is already registered")
-            saga.freeze()
             adopt_default_queue(self.app, saga)
             check_saga_fits(self.app, saga)
+            saga.freeze()
             self._check_visibility_timeout(saga)
             install_saga_tasks(self.runtime, saga)
             self.sagas[saga.name] = saga

@@ -139,7 +139,8 @@ def compile_saga(
     plan = saga.plan
 
     def step_sig(name: str) -> Signature:
-        sig = _sig(app, step_task_name(saga.name, name), {"saga_id": saga_id}, plan.queues[name])
+        queue = saga.steps[name].queue or saga.queue  # as registered (the app's default)
+        sig = _sig(app, step_task_name(saga.name, name), {"saga_id": saga_id}, queue)
         errback = _sig(
             app, STEP_FAILED_TASK, {"saga_id": saga_id, "saga": saga.name, "step": name}, saga.queue
         )
@@ -171,7 +172,7 @@ def compile_compensation(
             app,
             compensation_task_name(saga.name, name),
             {"saga_id": saga_id},
-            saga.plan.queues[name],
+            saga.steps[name].queue or saga.queue,
         )
 
     return _with_finalizer(shape, comp_sig, done, _Barrier(app, saga.queue))

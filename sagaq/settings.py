@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     # Redis redelivers a message not acked within this many seconds, even if its task is still
     # running; every step timeout must stay below it.
     visibility_timeout: int = 3600
+    # Redis: how often (seconds) each worker looks for messages unacked for longer than the
+    # visibility timeout (those of dead workers) and puts them back in their queue. kombu's
+    # default scans only every ~100 s (10 s interval x throttle 10).
+    unacked_restore_interval: int = 10
     # A running step renews its lease this often (seconds); a step whose worker died is taken
     # over after three missed beats.
     heartbeat: float = 10.0

@@ -133,10 +133,12 @@ class CompensationTransitions(StoreReads):
                 .order_by(saga_step.c.finished_at, saga_step.c.position)
             ).all()
             failed = [r for r in rows if r.status == T.FAILED]
-            culprit = next((r for r in failed if r.name == failed_step), None)
+            culprit = next((r for r in rows if r.name == failed_step), None)
             culprit = culprit or (failed[0] if failed and cause == "failure" else None)
             others = [r for r in failed if culprit is not None and r.name != culprit.name]
             error = f"cancelled: {reason}" if cause == "cancel" else reason
+            if culprit is not None and culprit.status == T.RUNNING:  # its attempt was lost
+                error = error or LOST_ERROR
             error = error or (culprit.error if culprit else None)
             if others and error:  # wait-all: the first failure in time, then the others
                 error += "; also failed: " + "; ".join(f"{r.name}: {r.error}" for r in others)

@@ -1,5 +1,8 @@
 """Real Celery worker processes that the chaos test starts, kills with SIGKILL and replaces.
 
+A worker the test did not kill is never replaced: it must outlive broker restarts by itself
+(sagaq/runtime/kombu_fix.py), and one that dies is reported as a crash.
+
 Every worker runs in a session (and process group) of its own, so tearing down finds exactly
 the processes this pool started, the orphaned prefork children of a killed worker included,
 and kills them by PID.
@@ -61,9 +64,11 @@ class WorkerPool:
     logs: Path
     size: int = 2
     concurrency: int = 2
+    prefix: list[str] = field(default_factory=list)  # e.g. run inside a network namespace
+    app: str = "tests.chaos.worker_app"  # the Celery app module the workers run
+    host: str = "%h"  # the node name's host part
     started: list[Worker] = field(default_factory=list)
     kills: Counter[str] = field(default_factory=Counter)
-    crashes: list[str] = field(default_factory=list)  # workers that died without our kill
 
     def __enter__(self) -> WorkerPool:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -83,9 +88,10 @@ class WorkerPool:
         name = f"{self.queue}-{len(self.started) + 1}"
         log = self.logs / f"{name}.log"
         command = [
+            *self.prefix,
             CELERY,
             "-A",
-            "tests.chaos.worker_app",
+            self.app,
             "worker",
             "-P",
             "prefork",
@@ -94,7 +100,7 @@ class WorkerPool:
             "-Q",
             self.queue,
             "-n",
-            f"{name}@%h",
+            f"{name}@{self.host}",
             "--without-gossip",
             "--without-mingle",
             "-l",
@@ -118,18 +124,23 @@ class WorkerPool:
             assert time.monotonic() < deadline, f"workers not ready in {timeout}s; see {self.logs}"
             time.sleep(0.1)
 
-    def kill(self, kind: str, rng: random.Random) -> str:
-        """SIGKILL a random prefork child, a worker's main process, or a whole worker (main +
-        children), and start a fresh worker when a main process died, so capacity remains.
-        Returns what was killed."""
+    def kill(
+        self, kind: str, rng: random.Random, busy: set[int] | None = None
+    ) -> tuple[list[int], set[int]]:
+        """SIGKILL a prefork child, a worker's main process, or a whole worker (main +
+        children), preferring processes in `busy` (running a step), and start a fresh worker
+        when a main process died, so capacity remains. Returns the PIDs killed and the PIDs
+        whose work is affected (a killed main process orphans its children's tasks)."""
         candidates = [(w, w.children()) for w in self.live]
         if kind == "child":
             candidates = [(w, children) for w, children in candidates if children]
         if not candidates:
-            return f"{kind}: nothing to kill"
-        worker, children = rng.choice(candidates)
+            return [], set()
+        busy = busy or set()
+        working = [(w, c) for w, c in candidates if busy & {w.pid, *c}]
+        worker, children = rng.choice(working or candidates)
         if kind == "child":
-            victims = [rng.choice(children)]  # the worker's pool replaces it by itself
+            victims = [rng.choice(sorted(busy & set(children)) or children)]  # its pool replaces it
         elif kind == "main":
             victims = [worker.pid]  # its children are orphaned mid-task
         else:
@@ -141,17 +152,22 @@ class WorkerPool:
             worker.replaced = True
             self.start()
         self.kills[kind] += 1
-        return f"{kind}: {worker.name} pids {victims}"
+        return victims, set(victims) if kind == "child" else {worker.pid, *children}
 
-    def supervise(self) -> list[str]:
-        """Replace workers that died by themselves (as a process supervisor would)."""
-        for worker in self.started:
-            if not worker.alive() and not worker.replaced:
-                worker.replaced = True
-                self.crashes.append(f"{worker.name} exited with {worker.process.returncode}")
-                assert len(self.crashes) < 10, f"workers keep dying: {self.crashes}"
-                self.start()
-        return self.crashes
+    def crashed(self) -> list[str]:
+        """Workers that died although nobody killed them (a supervisor would have restarted
+        them; here that is a failure)."""
+        return [
+            f"{w.name} (pid {w.pid}) exited with {w.process.returncode}; see {w.log}"
+            for w in self.started
+            if not w.alive() and not w.replaced
+        ]
+
+    def received_since(self, worker: Worker, offset: int) -> bool:
+        """Has `worker` taken a task from the broker since its log was `offset` bytes long?"""
+        with worker.log.open("rb") as log:
+            log.seek(offset)
+            return b" received" in log.read()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Warm shutdown of the live workers, then SIGKILL for every process group started."""
@@ -161,7 +177,8 @@ class WorkerPool:
         while self.live and time.monotonic() < deadline:
             time.sleep(0.1)
         for worker in self.started:
-            for pid in _group(worker.pid):  # orphaned children of a killed main process too
+            worker.replaced = True  # stopped on purpose, not crashed
+            for pid in _group(worker.pid, self.app):  # orphaned children of a killed main too
                 _kill(pid)
             worker.process.wait(timeout=10)
 
@@ -172,14 +189,14 @@ def _stat(pid: str) -> list[str]:
     return stat.rsplit(")", 1)[1].split()
 
 
-def _group(pgid: int) -> list[int]:
-    """Live chaos-worker processes in process group `pgid` (one this pool created)."""
+def _group(pgid: int, app: str) -> list[int]:
+    """Live worker processes of `app` in process group `pgid` (one this pool created)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             if not entry.name.isdigit() or int(_stat(entry.name)[2]) != pgid:
                 continue
-            if b"tests.chaos.worker_app" in (entry / "cmdline").read_bytes():
+            if app.encode() in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
         except OSError:
             continue

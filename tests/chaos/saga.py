@@ -12,12 +12,16 @@ ctx.idempotency_key. A step adds (key, +1); its compensation adds (key:undo, -1)
 died midway in case it applied). The undo row is also a tombstone: a step attempt that comes
 after it (a worker that outlived the decision) does not apply. A repeated write (redelivery,
 sweeper) changes nothing and is counted in chaos_event.
+
+Every step attempt also leaves a row in chaos_attempt (host, pid, time): which process was
+running what when a fault hit it, and which hosts did the work.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -40,7 +44,8 @@ DEPENDS: dict[str, tuple[str, ...]] = {
 }
 STEPS = tuple(DEPENDS)
 RETRY = {"b": 2, "c": 2, "d": 2}  # the others have no retries
-MAX_SLEEP = 0.03  # each step sleeps up to this long, so kills land mid-step
+# Each step sleeps up to this long, so kills land mid-step (the cluster test makes it longer).
+MAX_SLEEP = float(os.environ.get("SAGAQ_CHAOS_STEP_SECONDS", "0.08"))
 
 
 class ChaosPlan(BaseModel):
@@ -52,10 +57,14 @@ class ChaosPlan(BaseModel):
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS chaos_ledger (
-    key text PRIMARY KEY, saga_id text NOT NULL, delta integer NOT NULL
+    key text PRIMARY KEY, saga_id text NOT NULL, delta integer NOT NULL,
+    at double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp())
 );
 CREATE TABLE IF NOT EXISTS chaos_event (key text NOT NULL, kind text NOT NULL);
-CREATE TABLE IF NOT EXISTS chaos_flake (key text PRIMARY KEY)
+CREATE TABLE IF NOT EXISTS chaos_flake (key text PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS chaos_attempt (
+    key text NOT NULL, host text NOT NULL, pid integer NOT NULL, at double precision NOT NULL
+)
 """
 
 
@@ -130,6 +139,34 @@ class Ledger:
             {"key": key, "kind": kind},
         )
 
+    def attempt(self, key: str) -> None:
+        """Note that this process starts an attempt of the step `key`."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO chaos_attempt (key, host, pid, at) VALUES (:k, :h, :p, :t)"),
+                {"k": key, "h": socket.gethostname(), "p": os.getpid(), "t": time.time()},
+            )
+
+    def running(self) -> dict[tuple[str, int], list[tuple[str, str]]]:
+        """(host, pid) -> the steps, (saga_id, step), RUNNING in the store whose latest
+        attempt that process started: what a fault hitting it would lose."""
+        query = text(
+            "SELECT DISTINCT ON (a.key) a.host, a.pid, s.saga_id, s.name"
+            " FROM chaos_attempt a JOIN saga_step s ON a.key = s.saga_id || ':' || s.name"
+            " WHERE s.status = 'RUNNING' ORDER BY a.key, a.at DESC"
+        )
+        found: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
+        with self.engine.connect() as conn:
+            for host, pid, saga_id, step in conn.execute(query):
+                found[(host, pid)].append((saga_id, step))
+        return found
+
+    def hosts(self) -> dict[str, int]:
+        """Host name -> step attempts it started."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT host, count(*) FROM chaos_attempt GROUP BY host"))
+            return {host: int(n) for host, n in rows}
+
     def first_time(self, key: str) -> bool:
         """True the first time `key` is seen (the transient failure fires exactly once)."""
         with self.engine.begin() as conn:
@@ -149,6 +186,15 @@ class Ledger:
                 found[saga_id][key] = delta
         return found
 
+    def undo_times(self) -> dict[str, dict[str, float]]:
+        """saga_id -> {step: when its compensation wrote its row}."""
+        found: dict[str, dict[str, float]] = defaultdict(dict)
+        query = text("SELECT key, saga_id, at FROM chaos_ledger WHERE key LIKE :undo")
+        with self.engine.connect() as conn:
+            for key, saga_id, at in conn.execute(query, {"undo": "%:undo"}):
+                found[saga_id][key.rsplit(":", 2)[1]] = float(at)
+        return found
+
     def flakes(self) -> set[str]:
         """Keys whose injected transient failure fired."""
         with self.engine.connect() as conn:
@@ -165,11 +211,13 @@ class Ledger:
             self._engine.dispose()
 
 
-def build_chaos_saga(queue: str, ledger: Ledger) -> Saga:
+def build_chaos_saga(queue: str, ledger: Ledger, pivot: str | None = None) -> Saga:
+    """`pivot`: a step past which, once it completed, nothing is undone."""
     saga = Saga(SAGA, ChaosPlan, queue=queue, compensation_backoff=0.05)
 
     def act(ctx: StepContext) -> dict[str, Any]:
         plan: ChaosPlan = ctx.input
+        ledger.attempt(ctx.idempotency_key)
         time.sleep(random.uniform(0, MAX_SLEEP / 2))
         if plan.fail == ctx.step:
             raise NonRetryableError(f"injected permanent failure at {ctx.step}")
@@ -192,6 +240,12 @@ def build_chaos_saga(queue: str, ledger: Ledger) -> Saga:
         time.sleep(random.uniform(0, MAX_SLEEP / 2))
 
     for name, deps in DEPENDS.items():
-        step = saga.step(name=name, depends_on=list(deps), retry=RETRY.get(name, 0), backoff=0.05)
+        step = saga.step(
+            name=name,
+            depends_on=list(deps),
+            retry=RETRY.get(name, 0),
+            backoff=0.05,
+            pivot=name == pivot,
+        )
         step(act).compensate(undo)
     return saga

@@ -2,288 +2,58 @@
 
 Chaos sagas (tests/chaos/saga.py; 120 per broker by default, SAGAQ_CHAOS_SAGAS for more) run
 on two real `celery worker -P prefork -c 2` processes while the test SIGKILLs prefork
-children, worker main processes and whole workers (replacing them), restarts the broker once
-(trying to start a saga while it is down) and sweeps. Then every saga is checked against its
-plan and against the PostgreSQL ledger of effects. Figures are printed and written to
-tests/artifacts/chaos-<broker>.json, worker logs to tests/artifacts/chaos-<broker>-workers/.
+children, worker main processes and whole workers (replacing those), restarts the broker once
+(trying to start a saga while it is down) and sweeps. The brokers are the suite's own
+(tests/chaos/services.py): a redis-server and a RabbitMQ node on free ports; the machine's
+services are never stopped. Then:
 
-Timing: Redis gets a 10 s visibility timeout, so the messages of a killed worker come back
-within seconds (the worker scans for them every second, see worker_app.py). sagaq refuses a
-step timeout unless timeout + 60 s < visibility timeout, so the chaos steps have none; in
-exchange a step left RUNNING by a dead worker whose message is gone too (a kill shortly
-before the Redis restart, which wipes the unacked messages) is only re-published after the
-default step lease (600 s per attempt + 60 s). Rather than wait that long, once nothing has
-finished for QUIET seconds the test runs one sweep with its clock moved past the lease
-(counted as `lease_fast_forwards`). A visibility timeout of 90 s with step timeouts of a few
-seconds would not be quicker: the lease is still >= 60 s, and killed workers' messages would
-take 90 s to come back.
+- every saga is checked against its plan and against the PostgreSQL ledger of effects;
+- the workers that were running when the broker went down are the same processes (PIDs)
+  afterwards, and each of them took new tasks (nobody restarts a worker that died by itself;
+  one that did is a failure);
+- the time to recover from each kind of fault is reported (tests/chaos/recovery.py).
+
+Figures go to tests/artifacts/chaos-<broker>.json and the end of the pytest output; worker
+logs to tests/artifacts/chaos-<broker>-workers/.
+
+Timing: Redis gets a 10 s visibility timeout, and the workers look for the messages of dead
+workers every second (worker_app.py), so those come back within ~10 s. The chaos steps have no
+timeout; workers heartbeat every SAGAQ_HEARTBEAT (2 s here), so once the store sweeps on
+heartbeats a step whose worker died is recovered within ~6 s. Until it does, a step left
+RUNNING by a dead worker whose message is gone too (a kill shortly before the Redis restart,
+which wipes unacked messages) waits for the default lease; rather than wait that long, once
+nothing has finished for QUIET seconds the test runs one sweep with its clock moved past the
+lease (counted as `lease_fast_forwards`, expected 0 with heartbeats).
 """
 
 from __future__ import annotations
 
-import json
+import os
 import random
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pytest
-from celery import Celery
 
-from sagaq import BrokerUnavailableError, SagaQ, SagaStatus, StepStatus
-from sagaq.runtime import sweep
-from sagaq.runtime.tasks import step_lease
-from sagaq.store import SagaRecord
-from tests.chaos.brokers import RABBITMQ, REDIS, Broker
-from tests.chaos.pool import KILL_KINDS, ROOT, WorkerPool
-from tests.chaos.saga import RETRY, SAGA, STEPS, ChaosPlan, Ledger, build_chaos_saga
-from tests.harness import AMQP_URL, PG_URL, REDIS_URL, pg_schema_url, require
+from tests.chaos.pool import WorkerPool
+from tests.chaos.recovery import killed_under, summarize
+from tests.chaos.run import (
+    ARTIFACTS,
+    HEARTBEAT,
+    Broker,
+    Chaos,
+    Verdict,
+    chaos_engine,
+    make_plans,
+    report,
+    worker_env,
+)
+from tests.chaos.saga import ChaosPlan, Ledger
+from tests.chaos.services import OwnRedis
+from tests.harness import PG_URL, pg_schema_url, require
 
 pytestmark = pytest.mark.chaos
-
-ARTIFACTS = ROOT / "tests" / "artifacts"
-VISIBILITY_TIMEOUT = 10  # Redis: unacked messages of a dead worker are delivered again after this
-STALL_AFTER = 8.0  # the sweeper re-publishes work of sagas idle for this long
-SWEEP_EVERY = 2.0
-SUBMIT_RATE = 6.0  # sagas started per second while the chaos goes on
-BROKER_DOWN = 2.0  # seconds the broker stays down on its restart
-QUIET = VISIBILITY_TIMEOUT + STALL_AFTER + 10  # nothing finished for this long: fast-forward
-SETTLE = 180.0  # after the last start, every saga must be finished within this
-
-BROKERS: dict[str, tuple[str, Broker]] = {
-    "redis": (REDIS_URL, REDIS),
-    "rabbitmq": (AMQP_URL, RABBITMQ),
-}
-
-
-def make_plans(rng: random.Random, count: int) -> list[ChaosPlan]:
-    """~30% fail for good at a random step (a third of those with a compensation that fails
-    once), ~35% have a step that fails once and succeeds when retried."""
-    plans = []
-    for n in range(count):
-        fail = rng.choice(STEPS) if rng.random() < 0.3 else None
-        flaky = rng.choice(sorted(RETRY)) if rng.random() < 0.35 else None
-        undone = STEPS[: STEPS.index(fail)] if fail else ()
-        flaky_undo = rng.choice(undone) if undone and rng.random() < 0.35 else None
-        plans.append(
-            ChaosPlan(n=n, fail=fail, flaky=None if flaky == fail else flaky, flaky_undo=flaky_undo)
-        )
-    return plans
-
-
-@dataclass
-class Chaos:
-    """One run: starts sagas, kills workers, restarts the broker, sweeps, then waits."""
-
-    engine: SagaQ
-    pool: WorkerPool
-    broker: Broker
-    rng: random.Random
-    figures: Counter[str] = field(default_factory=Counter)
-    sweeper: Counter[str] = field(default_factory=Counter)
-    timeline: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-
-    def note(self, what: str) -> None:
-        self.timeline.append(f"{time.monotonic() - self.started:7.2f}s {what}")
-
-    def start(self, plan: ChaosPlan) -> str | None:
-        try:
-            handle = self.engine.start(SAGA, plan.model_dump(), idempotency_key=f"n{plan.n}")
-        except BrokerUnavailableError as exc:  # refused cleanly: started again later
-            self.figures["starts_refused"] += 1
-            self.note(f"start of saga {plan.n} refused: {str(exc)[:80]}")
-            return None
-        return handle.id
-
-    def sweep(self, *, fast_forward: float = 0.0) -> None:
-        report = sweep(self.engine.runtime, stall_after=STALL_AFTER, now=time.time() + fast_forward)
-        self.sweeper["passes"] += 1
-        self.sweeper.update({k: v for k, v in asdict(report).items() if k != "examined"})
-
-    def supervise(self) -> None:
-        crashes = len(self.pool.crashes)
-        for crash in self.pool.supervise()[crashes:]:
-            self.note(f"worker crashed by itself: {crash}; started a fresh one")
-
-    def run(self, plans: list[ChaosPlan], kills: int) -> dict[int, str]:
-        """Start the sagas at SUBMIT_RATE while killing workers `kills` times and restarting the
-        broker once (trying to start a saga while it is down), sweeping all along.
-        Returns plan number -> saga id."""
-        window = len(plans) / SUBMIT_RATE
-        kinds = [KILL_KINDS[i % len(KILL_KINDS)] for i in range(kills)]
-        self.rng.shuffle(kinds)
-        chaos = sorted(
-            [(self.rng.uniform(0.05, 0.95) * window, kind) for kind in kinds]
-            + [(self.rng.uniform(0.3, 0.7) * window, "restart")]
-        )
-        queue = list(plans)
-        ids: dict[int, str] = {}
-
-        def start_next() -> None:
-            plan = queue.pop(0)
-            if (saga_id := self.start(plan)) is None:
-                queue.insert(0, plan)
-            else:
-                ids[plan.n] = saga_id
-
-        next_sweep = SWEEP_EVERY
-        while queue or chaos:
-            now = time.monotonic() - self.started
-            if chaos and chaos[0][0] <= now:
-                _, kind = chaos.pop(0)
-                if kind == "restart":
-                    self.note(f"{self.broker.name} down")
-                    self.broker.restart(BROKER_DOWN, while_down=start_next if queue else None)
-                    self.figures["broker_restarts"] += 1
-                    self.note(f"{self.broker.name} up")
-                else:
-                    self.note(f"kill {self.pool.kill(kind, self.rng)}")
-                # Spread what the restart delayed: at least a second between two blows.
-                later = time.monotonic() - self.started + 1.0
-                chaos = [(max(t, later + i), k) for i, (t, k) in enumerate(chaos)]
-            elif queue and queue[0].n / SUBMIT_RATE <= now:
-                start_next()
-            elif now >= next_sweep:
-                self.supervise()
-                self.sweep()
-                next_sweep = now + SWEEP_EVERY
-            else:
-                time.sleep(0.01)
-        self.note(f"all {len(ids)} sagas started")
-        return ids
-
-    def unfinished(self) -> list[SagaRecord]:
-        return self.engine.store.unfinished(created_before=time.time() + 1, limit=100_000)
-
-    def settle(self) -> None:
-        """Sweep until every saga is finished (or SETTLE passes). A step left RUNNING by a dead
-        worker whose message is gone waits for its lease: once nothing has finished for QUIET
-        seconds, one sweep runs as if the lease had passed."""
-        lease = max(step_lease(s) for s in self.engine.saga(SAGA).steps.values())
-        deadline = time.monotonic() + SETTLE
-        last, moved = len(self.unfinished()), time.monotonic()
-        while last and time.monotonic() < deadline:
-            time.sleep(SWEEP_EVERY)
-            self.supervise()
-            if time.monotonic() - moved > QUIET:
-                for record in self.unfinished()[:5]:
-                    self.note(f"idle: {record.id} {record.status} {_statuses(record)}")
-                self.note(f"{last} sagas idle for {QUIET}s: sweeping as if {lease:g}s later")
-                self.sweep(fast_forward=lease)
-                self.figures["lease_fast_forwards"] += 1
-                moved = time.monotonic()
-            else:
-                self.sweep()
-            if (left := len(self.unfinished())) != last:
-                last, moved = left, time.monotonic()
-        self.note(f"settled: {last} unfinished")
-
-
-@dataclass
-class Verdict:
-    problems: list[str] = field(default_factory=list)
-    figures: Counter[str] = field(default_factory=Counter)
-
-    def check(
-        self, record: SagaRecord, plan: ChaosPlan, effects: dict[str, int], flakes: set[str]
-    ) -> None:
-        """The saga ended as its plan says, and the ledger shows exactly its effects."""
-        sid, status = record.id, record.status
-        self.figures[status.value.lower()] += 1
-        attempts = {s.name: s.attempts for s in record.steps}
-        self.figures["step_attempts"] += sum(attempts.values())
-        self.figures["steps_run"] += sum(1 for n in attempts.values() if n)
-        for name, n in attempts.items():
-            # Attempts beyond the first that no injected failure explains: redeliveries.
-            self.figures["redelivered_attempts"] += max(0, n - 1 - (f"{sid}:{name}" in flakes))
-        self.figures["compensation_attempts"] += sum(s.compensation_attempts for s in record.steps)
-        done = {k.rsplit(":", 1)[1] for k, d in effects.items() if d == 1}
-        undo_rows = [k for k in effects if k.endswith(":undo")]
-        self.figures["undone_without_effect"] += sum(effects[k] == 0 for k in undo_rows)
-        # A step whose retry budget went to redeliveries fails for good: legitimate, if rare.
-        spent = record.failed_step not in (None, plan.fail) and attempts[
-            record.failed_step
-        ] > 1 + RETRY.get(record.failed_step, 0)
-        self.figures["budget_spent_by_redeliveries"] += spent
-        what = f"saga {plan.n} ({sid}, fail={plan.fail}, flaky={plan.flaky})"
-        if status == SagaStatus.COMPLETED:
-            if plan.fail is not None:
-                self.problems.append(f"{what}: COMPLETED despite a permanent failure")
-            if any(s.status != StepStatus.COMPLETED for s in record.steps):
-                self.problems.append(f"{what}: COMPLETED with steps {_statuses(record)}")
-            if done != set(STEPS) or undo_rows or sum(effects.values()) != len(STEPS):
-                self.problems.append(f"{what}: COMPLETED but the ledger says {effects}")
-        elif status == SagaStatus.COMPENSATED:
-            if plan.fail is None and not spent:
-                self.problems.append(
-                    f"{what}: COMPENSATED without a permanent failure: {record.error}"
-                )
-            if plan.fail is not None and record.failed_step != plan.fail and not spent:
-                self.problems.append(f"{what}: failed at {record.failed_step}: {record.error}")
-            if sum(effects.values()) != 0:
-                self.problems.append(
-                    f"{what}: COMPENSATED but the ledger does not net to zero: {effects} "
-                    f"(steps {_statuses(record)})"
-                )
-        elif status == SagaStatus.FAILED:
-            # Every compensation here succeeds within its retries: FAILED means one was
-            # called in a way it could not handle, or its retries went to redeliveries.
-            self.problems.append(f"{what}: FAILED: {record.error} (steps {_statuses(record)})")
-        else:
-            self.problems.append(f"{what}: still {status} (steps {_statuses(record)})")
-
-
-def _statuses(record: SagaRecord) -> dict[str, str]:
-    return {s.name: f"{s.status.value}/{s.attempts}" for s in record.steps}
-
-
-def _celery_app(broker_url: str) -> Celery:
-    app = Celery("sagaq-chaos-test", set_as_current=False)
-    app.config_from_object("celeryconfig")
-    app.conf.update(
-        broker_url=broker_url,
-        result_backend=REDIS_URL,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
-        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
-        worker_send_task_events=False,
-        task_send_sent_event=False,
-    )
-    return app
-
-
-@contextmanager
-def chaos_engine(broker_url: str, store_url: str, queue: str) -> Iterator[tuple[SagaQ, Ledger]]:
-    ledger = Ledger(store_url)
-    engine = SagaQ(_celery_app(broker_url), store=store_url)
-    ledger.create_tables()
-    engine.register(build_chaos_saga(queue, ledger))
-    try:
-        yield engine, ledger
-    finally:
-        engine.store.dispose()
-        ledger.dispose()
-
-
-def _purge(app: Celery, queue: str) -> None:
-    """Drop what is left in the run's queue (messages of the last, killed workers)."""
-    try:
-        with app.connection_for_write() as conn:
-            conn.default_channel.queue_delete(queue)  # type: ignore[attr-defined]
-    except Exception:  # best effort: the queue may never have been declared
-        pass
-
-
-def _report(broker: str, figures: dict[str, Any], timeline: list[str]) -> str:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"chaos-{broker}.json"
-    path.write_text(json.dumps({**figures, "timeline": timeline}, indent=2) + "\n")
-    lines = [f"chaos {broker}: " + ", ".join(f"{k}={v}" for k, v in figures.items())]
-    return "\n".join([*lines, *(f"  {t}" for t in timeline), f"  -> {path}"])
 
 
 def _figures(
@@ -301,8 +71,10 @@ def _figures(
         "transient_failures_injected": len(ledger.flakes()),
         "kills": sum(chaos.pool.kills.values()),
         "kills_by_kind": dict(chaos.pool.kills),
-        "worker_crashes": len(chaos.pool.crashes),
+        "worker_crashes": sum("worker died" in p for p in chaos.problems),
         "broker_restarts": c["broker_restarts"],
+        "workers_outliving_the_restart": chaos.survival,
+        "recovery": summarize(chaos.faults, chaos.engine.store),
         "starts_refused": c["starts_refused"],
         "step_attempts": v["step_attempts"],
         "steps_run": v["steps_run"],
@@ -312,57 +84,66 @@ def _figures(
         "late_effects_refused": ledger.events("tombstoned"),
         "undone_without_effect": v["undone_without_effect"],
         "budget_spent_by_redeliveries": v["budget_spent_by_redeliveries"],
+        "compensated_after_worker_lost": v["compensated_after_worker_lost"],
         "sweeper": dict(chaos.sweeper),
         "lease_fast_forwards": c["lease_fast_forwards"],
-        "problems": verdict.problems[:50],
+        "problems": [*chaos.problems, *verdict.problems][:50],
     }
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_no_saga_is_lost_when_workers_die_and_the_broker_restarts(
-    broker: str, chaos_sagas: int, capsys: pytest.CaptureFixture[str]
+    broker: str,
+    chaos_sagas: int,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    broker_url, control = BROKERS[broker]
-    require(PG_URL, REDIS_URL, broker_url)
-    seed = random.randrange(2**32)
+    require(PG_URL)
+    control: Broker = request.getfixturevalue(f"own_{broker}")
+    # On Redis the broker is also the result backend, so its restart loses chord counters too.
+    backend = control if isinstance(control, OwnRedis) else request.getfixturevalue("own_redis")
+    monkeypatch.setenv("SAGAQ_HEARTBEAT", str(HEARTBEAT))  # the test's sweeps read it too
+    seed = int(os.environ.get("SAGAQ_CHAOS_SEED") or random.randrange(2**32))
     rng = random.Random(seed)
     plans = make_plans(rng, chaos_sagas)
     queue = f"sagaq-chaos-{broker}-{uuid.uuid4().hex[:8]}"
     clock = time.monotonic()
-    with pg_schema_url() as store_url, chaos_engine(broker_url, store_url, queue) as sagaq:
+    with (
+        pg_schema_url() as store_url,
+        chaos_engine(control.url, backend.url, store_url, queue) as sagaq,
+    ):
         engine, ledger = sagaq
-        env = {
-            "SAGAQ_BROKER_URL": broker_url,
-            "SAGAQ_RESULT_BACKEND": REDIS_URL,
-            "SAGAQ_STORE_URL": store_url,
-            "SAGAQ_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
-            "SAGAQ_DEFAULT_QUEUE": queue,
-        }
+        env = worker_env(control.url, backend.url, store_url, queue)
         with WorkerPool(env, queue, ARTIFACTS / f"chaos-{broker}-workers") as pool:
-            chaos = Chaos(engine, pool, control, rng)
+            chaos = Chaos(engine, ledger, pool, control, rng)
             chaos.note(f"{len(pool.live)} workers ready (seed {seed})")
-            try:
-                ids = chaos.run(plans, kills=max(6, chaos_sagas // 20))
-            finally:
-                control.ensure_up()  # other tests and CI need the broker after us
+            ids = chaos.run(plans, kills=max(6, chaos_sagas // 20))
             chaos.settle()
+            chaos.check_workers()
             pool.stop()
-        _purge(engine.app, queue)
 
         verdict = Verdict()
-        effects, flakes = ledger.effects(), ledger.flakes()
+        effects, flakes, undone_at = ledger.effects(), ledger.flakes(), ledger.undo_times()
+        lost = killed_under(chaos.faults)
         for plan in plans:
             record = engine.store.get(ids[plan.n])
             assert record is not None, f"saga {plan.n} is lost: not in the store"
-            verdict.check(record, plan, effects.get(record.id, {}), flakes)
+            verdict.check(
+                record,
+                plan,
+                effects.get(record.id, {}),
+                flakes,
+                lost.get(record.id, set()),
+                undone_at.get(record.id, {}),
+            )
         figures = {
             **_figures(broker, plans, chaos, verdict, ledger),
             "seed": seed,
             "seconds": round(time.monotonic() - clock, 1),
         }
-    with capsys.disabled():
-        print("\n" + _report(broker, figures, chaos.timeline))
-    assert not verdict.problems, f"{len(verdict.problems)} problems:\n" + "\n".join(
-        verdict.problems[:20]
-    )
+    print("\n" + report(f"chaos-{broker}", figures, chaos.timeline))
+    problems = [*chaos.problems, *verdict.problems]
+    assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:20])
     assert figures["kills"] >= 3 and figures["broker_restarts"] == 1
+    survivors = figures["workers_outliving_the_restart"]
+    assert survivors, "no worker was running when the broker restarted"

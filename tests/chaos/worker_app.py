@@ -4,8 +4,11 @@
 
 Configured from celeryconfig.py and SAGAQ_* variables: SAGAQ_BROKER_URL, SAGAQ_RESULT_BACKEND,
 SAGAQ_STORE_URL (a PostgreSQL schema of its own, which also holds the ledger),
-SAGAQ_VISIBILITY_TIMEOUT and SAGAQ_DEFAULT_QUEUE (the run's unique queue).
+SAGAQ_VISIBILITY_TIMEOUT and SAGAQ_DEFAULT_QUEUE (the run's unique queue); SAGAQ_CHAOS_PIVOT
+names the saga's pivot step (tests/cluster), SAGAQ_CHAOS_STEP_SECONDS how long steps sleep.
 """
+
+import os
 
 from celery import Celery
 
@@ -22,4 +25,5 @@ app.conf.broker_transport_options = {
     "unacked_restore_throttle": 1,
 }
 engine = SagaQ(app, store=settings.store_url)
-engine.register(build_chaos_saga(settings.default_queue, Ledger(settings.store_url)))
+pivot = os.environ.get("SAGAQ_CHAOS_PIVOT") or None
+engine.register(build_chaos_saga(settings.default_queue, Ledger(settings.store_url), pivot))

@@ -149,3 +149,21 @@ def test_the_image_installs_the_project_with_what_it_packages(
     assert dockerfile == ROOT / "compose" / "Dockerfile"
     assert "RUN pip install ." in text
     assert {"pyproject.toml", "README.md", "celeryconfig.py", "sagaq", "tasks", "workers"} <= copied
+
+
+def test_compose_sets_the_redis_recovery_settings_that_celeryconfig_reads(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without them a dead worker's messages wait for kombu's defaults: a 1 h visibility
+    # timeout, then a scan only every ~100 s.
+    env = next(iter(sagaq_services(services).values()))["environment"]
+    for name in ("SAGAQ_VISIBILITY_TIMEOUT", "SAGAQ_UNACKED_RESTORE_INTERVAL"):
+        monkeypatch.setenv(name, env[name].split(":-")[1].rstrip("}"))
+    sys.modules.pop("celeryconfig", None)
+    config = importlib.import_module("celeryconfig")
+    sys.modules.pop("celeryconfig", None)
+
+    options = config.broker_transport_options
+    assert options["visibility_timeout"] == 300
+    assert options["unacked_restore_interval"] == 5
+    assert options["unacked_restore_throttle"] == 1
