@@ -11,7 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,7 +33,7 @@ from tests.simulation.scheduler import BEAT, LEASE, STALL_AFTER, Sim
 from tests.simulation.shapes import Drawn, draw
 from tests.simulation.world import SimClock
 
-REPLAY = "SAGAQ_SIM_SEED={seed} .venv/bin/pytest tests/simulation -k replay -s"
+REPLAY = "SAGAQ_SIM_SEED={seed}{without} .venv/bin/pytest tests/simulation -k replay -s"
 RECOVERY_ROUNDS = 8
 
 
@@ -44,6 +44,12 @@ class Outcome:
     trace: list[str]
     events: int
     known: list[str] = field(default_factory=list)  # known bugs whose signature is present
+    without: frozenset[str] = frozenset()  # faults switched off (shrinking)
+
+    @property
+    def replay(self) -> str:
+        off = f" SAGAQ_SIM_WITHOUT={','.join(sorted(self.without))}" if self.without else ""
+        return REPLAY.format(seed=self.seed, without=off)
 
     @property
     def ok(self) -> bool:
@@ -56,7 +62,7 @@ class Outcome:
                 f"schedule {self.seed} failed: {len(self.problems)} problem(s)"
                 + (f" (known bug: {'; '.join(self.known)})" if self.known else ""),
                 *(f"  - {p}" for p in self.problems[:20]),
-                f"replay: {REPLAY.format(seed=self.seed)}",
+                f"replay: {self.replay}",
                 f"trace ({len(self.trace)} events, the last {len(shown)} shown):",
                 *shown,
             ]
@@ -97,10 +103,14 @@ def deterministic(rng: random.Random) -> Iterator[None]:
         launch_module.uuid, invoke_module.random = saved
 
 
-def run_schedule(world: World, seed: int) -> Outcome:
+def run_schedule(world: World, seed: int, without: frozenset[str] = frozenset()) -> Outcome:
+    """Run the schedule of `seed`, with the faults named in `without` switched off (a
+    different walk from the same seed: what shrinking tries)."""
     world.reset()
     rng = random.Random(seed)
     faults = Faults.draw(rng)
+    for name in without:
+        setattr(faults, name, 0.0)
     sagas: dict[str, Saga] = {}
     sim = Sim(seed, world.store, world.clock, world.app, sagas, faults, rng)
     sim.fault_budget = rng.choice([4, 12, 30])
@@ -130,7 +140,20 @@ def run_schedule(world: World, seed: int) -> Outcome:
         heal_and_retry(sim)
     problems = sim.problems + (check(sim, effectful) if not sim.problems else [])
     known = known_bugs(sim) if problems else []
-    return Outcome(seed, problems, sim.trace, sim.events, known)
+    return Outcome(seed, problems, sim.trace, sim.events, known, without)
+
+
+def shrink(world: World, failed: Outcome) -> Outcome:
+    """A smaller failing schedule: switch the faults off one at a time, keeping each switch
+    that still fails, then prefer the shortest trace seen."""
+    best = failed
+    for name in sorted(f.name for f in fields(Faults)):
+        if name in best.without:
+            continue
+        tried = run_schedule(world, failed.seed, best.without | {name})
+        if not tried.ok and not tried.known and len(tried.trace) <= len(best.trace):
+            best = tried
+    return best
 
 
 def start(sim: Sim, d: Drawn) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import PG_URL, pg_schema_url, require
-from tests.simulation.runner import World, run_schedule
+from tests.simulation.runner import World, run_schedule, shrink
 
 DEFAULT_SEEDS = 1500  # about 50 s here (35 ms each); see README.md
 CHUNKS = 20
@@ -58,8 +58,12 @@ def test_schedules_keep_every_invariant(world: World, chunk: int) -> None:
     if failures:
         print(f"FAILED seeds: {[o.seed for o in failures]}")
         others = ", ".join(str(o.seed) for o in failures[1:20])
+        smaller = shrink(world, failures[0])
+        shrunk = f"\n\nshrunk (faults off: {sorted(smaller.without)}):\n{smaller.report()}"
         pytest.fail(
-            failures[0].report() + (f"\nalso failed: seeds {others}" if others else ""),
+            failures[0].report()
+            + (f"\nalso failed: seeds {others}" if others else "")
+            + (shrunk if smaller is not failures[0] else ""),
             pytrace=False,
         )
 
@@ -88,7 +92,10 @@ def test_schedules_keep_every_invariant_on_postgresql() -> None:
 @pytest.mark.skipif("SAGAQ_SIM_SEED" not in os.environ, reason="set SAGAQ_SIM_SEED to replay")
 def test_replay(world: World) -> None:
     """One schedule, printed in full (run with -s)."""
-    outcome = run_schedule(world, int(os.environ["SAGAQ_SIM_SEED"]))
+    off = os.environ.get("SAGAQ_SIM_WITHOUT", "")
+    outcome = run_schedule(
+        world, int(os.environ["SAGAQ_SIM_SEED"]), frozenset(f for f in off.split(",") if f)
+    )
     print(outcome.report(trace_lines=1_000_000) if not outcome.ok else "\n".join(outcome.trace))
     assert outcome.ok, outcome.report()
 

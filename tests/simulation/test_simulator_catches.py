@@ -15,7 +15,7 @@ import tests.simulation.scheduler as scheduler
 from sagaq.definition.plan import SagaPlan
 from sagaq.definition.saga import Saga
 from sagaq.runtime.base import Halt, Outcome, Runtime
-from tests.simulation.runner import World, run_schedule
+from tests.simulation.runner import World, run_schedule, shrink
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,22 @@ def test_a_compensation_that_undoes_nothing_is_caught(
     """Planted: compensation tasks record COMPENSATED without calling the user's function."""
     monkeypatch.setattr(undo, "call_user", lambda fn, args, timeout: None)
     assert first_problem(world, "effect stands")
+
+
+def test_a_failing_schedule_shrinks_to_a_shorter_one_that_still_fails(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a planted bug and a long failing schedule, shrinking switches faults off and
+    keeps a schedule that still fails, with a trace no longer, that replays as printed."""
+    monkeypatch.setattr(undo, "call_user", lambda fn, args, timeout: None)
+    failed = next(
+        o
+        for o in (run_schedule(world, seed) for seed in range(200))
+        if not o.ok and len(o.trace) > 40
+    )
+
+    smaller = shrink(world, failed)
+
+    assert not smaller.ok and len(smaller.trace) <= len(failed.trace)
+    assert run_schedule(world, smaller.seed, smaller.without).trace == smaller.trace
+    assert f"SAGAQ_SIM_SEED={failed.seed}" in smaller.replay
