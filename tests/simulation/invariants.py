@@ -30,7 +30,7 @@ def check(sim: Sim, effectful: dict[str, set[str]]) -> list[str]:
         problems += [f"{who}: {p}" for p in found]
         if record.parent_id is not None and record.parent_id in records:
             problems += [f"{who}: {p}" for p in _check_child(record, records[record.parent_id])]
-    return problems
+    return problems + _one_child_each(records)
 
 
 def _check_saga(sim: Sim, saga: Saga, record: SagaRecord, effectful: set[str]) -> list[str]:
@@ -105,8 +105,25 @@ def _late_starts(sim: Sim, saga_id: str) -> set[str]:
 
 
 def _check_child(child: SagaRecord, parent: SagaRecord) -> list[str]:
-    """A sub-saga follows its parent: a completed parent's last child completed, a
-    compensated parent left no child standing."""
-    if parent.status == SagaStatus.COMPENSATED and child.status not in (SagaStatus.COMPENSATED,):
+    """A sub-saga follows its parent: a compensated parent left no child standing; a
+    completed parent's children are completed (the one its step returned) or compensated."""
+    if parent.status == SagaStatus.COMPENSATED and child.status != SagaStatus.COMPENSATED:
         return [f"its parent is COMPENSATED but this sub-saga is {child.status}"]
+    settled = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED)
+    if parent.status == SagaStatus.COMPLETED and child.status not in settled:
+        return [f"its parent is COMPLETED but this sub-saga is {child.status}"]
     return []
+
+
+def _one_child_each(records: dict[str, SagaRecord]) -> list[str]:
+    """A completed parent step stands on one completed child: earlier children of the same
+    step (from attempts that failed) were compensated."""
+    completed: dict[tuple[str, str], list[str]] = {}
+    for r in records.values():
+        if r.parent_id and r.parent_step and r.status == SagaStatus.COMPLETED:
+            completed.setdefault((r.parent_id, r.parent_step), []).append(r.id)
+    return [
+        f"[{parent[-4:]}] step {step} has {len(ids)} COMPLETED sub-sagas"
+        for (parent, step), ids in completed.items()
+        if len(ids) > 1
+    ]
