@@ -9,9 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 from sagaq import Saga
+from sagaq.definition import FailurePolicy
 from sagaq.runtime.launch import retry
 from sagaq.status import SagaStatus, StepStatus
 from tests.simulation.runner import World, deterministic
+from tests.simulation.scheduler import STALL_AFTER
 from tests.simulation.scripted import add_step, operator_retry, run, scripted
 
 
@@ -233,3 +235,36 @@ def test_operator_retry_of_a_compensation_keeps_the_reason_it_compensated(world:
     assert record is not None and record.status == SagaStatus.COMPENSATED
     assert record.failed_step == "charge"
     assert record.error, "COMPENSATED without a reason"
+
+
+def test_wait_all_with_its_errback_and_a_siblings_message_lost_is_recovered_by_sweeps(
+    world: World,
+) -> None:
+    """Given wait-all, a step failed for good while a sibling branch's next message was lost,
+    and the errback's message was lost too, when sweeps run, then the sibling runs and the
+    saga compensates. The sweeper called the errback's body, which said "wait for the
+    sibling", dropped that answer, and never re-published the sibling: RUNNING for ever."""
+    sim = scripted(
+        world,
+        acks={"patient.pack": [(True, False)], "sagaq.step_failed": [(True, False)]},
+        redeliveries={"patient.pack": None, "sagaq.step_failed": None},
+    )
+    saga = Saga("patient", failure_policy=FailurePolicy.WAIT_ALL)
+    add_step(sim, saga, "reserve")
+    add_step(sim, saga, "charge", ["reserve"])
+    add_step(sim, saga, "pack", ["reserve"])
+    add_step(sim, saga, "label", ["pack"])
+    saga_id = run(sim, saga, {"charge": {"fail": "fatal"}})
+    record = world.store.get(saga_id)
+    assert record is not None and record.status == SagaStatus.RUNNING  # the losses left it
+
+    with deterministic(sim.rng):
+        for _ in range(3):
+            sim.advance(sim.clock.now + STALL_AFTER + 1)
+            sim.act("sweep", sim.sweep)
+            sim.run_until_quiet()
+
+    record = world.store.get(saga_id)
+    assert record is not None and record.status == SagaStatus.COMPENSATED, "\n".join(sim.trace)
+    assert sim.ledger.of(f"{saga_id}:label").dos == 1  # the sibling ran before the undo
+    assert not any(sim.ledger.of(f"{saga_id}:{s}").applied for s in ("reserve", "pack", "label"))
