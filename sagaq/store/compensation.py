@@ -132,9 +132,11 @@ class CompensationTransitions(StoreReads):
                 .where(steps)
                 .order_by(saga_step.c.finished_at, saga_step.c.position)
             ).all()
+            # The culprit is the first failure in time (wait-all lets several happen); a step
+            # whose errback came though it is still RUNNING had its attempt lost.
             failed = [r for r in rows if r.status == T.FAILED]
-            culprit = next((r for r in rows if r.name == failed_step), None)
-            culprit = culprit or (failed[0] if failed and cause == "failure" else None)
+            named = next((r for r in rows if r.name == failed_step), None)
+            culprit = failed[0] if failed and cause == "failure" else named
             others = [r for r in failed if culprit is not None and r.name != culprit.name]
             error = f"cancelled: {reason}" if cause == "cancel" else reason
             if culprit is not None and culprit.status == T.RUNNING:  # its attempt was lost

@@ -53,11 +53,9 @@ class FinishListener:
             with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
                 self._ready.set()
+                # It stays (one connection per process): a wait() must not pay a connect.
                 while True:
-                    with self._lock:
-                        if not self._waiting:
-                            return  # nobody waits: close; the next wait() starts again
-                    for note in conn.notifies(timeout=1.0):
+                    for note in conn.notifies(timeout=5.0):
                         with self._lock:
                             for event in self._waiting.get(note.payload, []):
                                 event.set()
