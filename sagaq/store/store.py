@@ -162,10 +162,12 @@ class SagaStore(CompensationTransitions):
         now = self.clock()
         with self._begin() as conn:
             if is_pivot:  # serialize with cancel/deadline, which refuse once the pivot started
+                # (updated_at unchanged: a pivot polling for a dependency is no sign of life,
+                # or the sweeper would never see the saga stalled and re-publish what was lost)
                 conn.execute(
                     update(saga)
                     .where(saga.c.id == saga_id, saga.c.status.in_(SAGA_ACTIVE))
-                    .values(updated_at=now)
+                    .values(updated_at=saga.c.updated_at)
                 )
             in_time = saga.c.deadline_at.is_(None) | (saga.c.deadline_at > now)
             saga_ok = exists().where(
