@@ -13,7 +13,7 @@ from sagaq.runtime.launch import retry, start_saga
 from tests.simulation.effects import do, undo
 from tests.simulation.faults import Faults
 from tests.simulation.runner import World, deterministic
-from tests.simulation.scheduler import Sim
+from tests.simulation.scheduler import MAX_EVENTS, Sim
 
 Script = dict[tuple[str, str, int], str]  # (step, checkpoint, attempt) -> "crash" | "park"
 
@@ -61,7 +61,13 @@ def add_step(
 
 
 def run(
-    sim: Sim, saga: Saga, plan: dict[str, Any], *, children: Iterable[Saga] = (), **extra: Any
+    sim: Sim,
+    saga: Saga,
+    plan: dict[str, Any],
+    *,
+    children: Iterable[Saga] = (),
+    budget: int = MAX_EVENTS,
+    **extra: Any,
 ) -> str:
     """Start `saga` (its steps behave as `plan` says) and run until nothing can happen (or
     the event budget is spent: see sim.trace)."""
@@ -74,7 +80,7 @@ def run(
     with deterministic(sim.rng):
         saga_id, _ = start_saga(sim.rt, saga, data)
         sim.names[saga_id] = saga.name
-        sim.run_until_quiet()
+        sim.run_until_quiet(budget)
     return saga_id
 
 

@@ -268,3 +268,32 @@ def test_wait_all_with_its_errback_and_a_siblings_message_lost_is_recovered_by_s
     assert record is not None and record.status == SagaStatus.COMPENSATED, "\n".join(sim.trace)
     assert sim.ledger.of(f"{saga_id}:label").dos == 1  # the sibling ran before the undo
     assert not any(sim.ledger.of(f"{saga_id}:{s}").applied for s in ("reserve", "pack", "label"))
+
+
+def test_a_pivot_polling_for_a_lost_dependency_does_not_hide_the_stall(world: World) -> None:
+    """Given a pivot whose dependency's worker died (its message lost), the pivot's message
+    polls every 100 ms for the dependency. When the sweeper runs, it sees the saga stalled and
+    re-publishes the lost step, and the saga completes. Each of the pivot's polls bumped the
+    saga's updated_at (the claim's serializing UPDATE), so the saga never looked stalled: the
+    pivot polled for ever and the sweeper never re-published the lost step."""
+    sim = scripted(
+        world,
+        checkpoints={("hold", "before effect", 1): "crash"},
+        redeliveries={"decided.hold": None},
+        # quote's redelivery counts twice in the chord: the pivot starts before hold is done
+        acks={"decided.quote": [(True, True)]},
+    )
+    saga = Saga("decided")
+    add_step(sim, saga, "quote")
+    add_step(sim, saga, "hold")
+    add_step(sim, saga, "commit", ["quote", "hold"], pivot=True, undoable=False)
+    saga_id = run(sim, saga, {}, budget=300)  # the pivot still polls
+    assert world.store.get(saga_id).status == SagaStatus.RUNNING  # type: ignore[union-attr]
+
+    with deterministic(sim.rng):
+        sim.act("sweep", sim.sweep)
+        sim.run_until_quiet(300)
+
+    record = world.store.get(saga_id)
+    assert record is not None and record.status == SagaStatus.COMPLETED, "\n".join(sim.trace[-30:])
+    assert sim.ledger.of(f"{saga_id}:commit").applied
