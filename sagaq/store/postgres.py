@@ -31,12 +31,14 @@ from sagaq.status import (
     STEP_DONE,
     SagaStatus,
     StepStatus,
+    saga_move,
 )
 from sagaq.store.base import task_of
+from sagaq.store.compensation import Begun, decide_compensation
 from sagaq.store.connect import first_line, make_engine
 from sagaq.store.notify import CHANNEL, FinishListener
-from sagaq.store.records import StepClaim, run_claim
-from sagaq.store.store import SagaStore
+from sagaq.store.records import SagaRecord, StepClaim, run_claim, saga_record
+from sagaq.store.store import SagaStore, forward_failure
 
 S, T = SagaStatus, StepStatus
 
@@ -204,6 +206,64 @@ WITH done AS (
 SELECT (SELECT count(*) FROM done),
        (SELECT count(pg_notify('{CHANNEL}', %(sid)s)) FROM finished)
 """
+
+
+# begin_compensation: the same transaction as the portable one (compensation.py).
+BEGIN_UNDO = f"""
+UPDATE saga SET status = '{S.COMPENSATING}', cause = %(cause)s, updated_at = %(now)s,
+                finished_at = NULL
+WHERE id = %(sid)s AND status = ANY(%(allowed)s::text[])
+  AND NOT EXISTS (SELECT 1 FROM saga_step
+                  WHERE saga_id = %(sid)s AND name = %(pivot)s
+                    AND status IN ('{T.RUNNING}', '{T.COMPLETED}'))
+RETURNING id
+"""
+SAGA_STATUS = "SELECT status FROM saga WHERE id = %(sid)s"
+SKIP_PENDING = f"""
+UPDATE saga_step SET status = '{T.SKIPPED}' WHERE saga_id = %(sid)s AND status = '{T.PENDING}'
+"""
+STEP_ROWS = """
+SELECT name, status, error, undoable, applied FROM saga_step WHERE saga_id = %(sid)s
+ORDER BY finished_at NULLS FIRST, position
+"""
+RECORD_CAUSE = """
+UPDATE saga SET failed_step = %(failed_step)s, error = %(error)s WHERE id = %(sid)s
+"""
+LOG_BEGIN = f"""
+INSERT INTO saga_event (saga_id, at, kind, status, actor, reason, error)
+SELECT %(sid)s, %(now)s, 'operator', 'CANCEL', %(actor)s, %(reason)s, NULL WHERE %(operator)s
+UNION ALL
+SELECT %(sid)s, %(now)s, 'saga', '{S.COMPENSATING}', NULL, %(cause)s, %(error)s
+"""
+
+
+FAIL = f"""
+WITH done AS (
+    UPDATE saga_step SET status = '{T.FAILED}', error = %(error)s, applied = %(applied)s,
+                         result = %(result)s, finished_at = %(now)s
+    WHERE saga_id = %(sid)s AND name = %(step)s AND status = '{T.RUNNING}'
+      AND attempts = %(attempt)s
+    RETURNING saga_id
+), logged AS (
+    INSERT INTO saga_event (saga_id, at, kind, step, status, attempt, error, worker, task_id)
+    SELECT saga_id, %(now)s, 'step', %(step)s, '{T.FAILED}', %(attempt)s, %(error)s,
+           %(worker)s, %(task_id)s
+    FROM done
+), gave_up AS (
+    UPDATE saga SET status = '{S.FAILED}', failed_step = %(step)s, error = %(message)s,
+                    updated_at = %(now)s, finished_at = %(now)s
+    WHERE %(forward)s AND id = %(sid)s AND status IN {ACTIVE} AND EXISTS (SELECT 1 FROM done)
+    RETURNING id
+), logged_saga AS (
+    INSERT INTO saga_event (saga_id, at, kind, status, error)
+    SELECT id, %(now)s, 'saga', '{S.FAILED}', %(message)s FROM gave_up
+)
+SELECT (SELECT count(*) FROM done),
+       (SELECT count(pg_notify('{CHANNEL}', %(sid)s)) FROM gave_up),
+       (SELECT status FROM saga WHERE id = %(sid)s)
+"""
+GET_SAGA = "SELECT * FROM saga WHERE id = %(sid)s"
+GET_STEPS = "SELECT * FROM saga_step WHERE saga_id = %(sid)s ORDER BY position"
 
 
 class PostgresStore(SagaStore):
@@ -457,7 +517,107 @@ class PostgresStore(SagaStore):
         assert row is not None
         return row[0] == 1, row[1] == 1
 
+    def begin_compensation(
+        self,
+        saga_id: str,
+        *,
+        cause: str,
+        failed_step: str | None = None,
+        reason: str | None = None,
+        allowed: Sequence[SagaStatus] = tuple(SAGA_ACTIVE),
+        pivot: str | None = None,
+        actor: str | None = None,
+    ) -> Begun:
+        """The portable transaction in three round trips, without SQLAlchemy's machinery."""
+        now = self.clock()
+        params: dict[str, Any] = {
+            "sid": saga_id,
+            "cause": cause,
+            "now": now,
+            "allowed": [str(s) for s in saga_move(allowed, S.COMPENSATING)],
+            "pivot": pivot,
+        }
+        with self._raw() as conn, conn.transaction():
+            won = conn.execute(BEGIN_UNDO, params, prepare=True).fetchone()
+            if won is None:
+                status = conn.execute(SAGA_STATUS, params, prepare=True).fetchone()
+                return Begun(None, SagaStatus(status[0]) if status else None)
+            with conn.pipeline():
+                conn.execute(SKIP_PENDING, params, prepare=True)
+                cur = conn.execute(STEP_ROWS, params, prepare=True)
+            rows = [_row(cur.description, r) for r in cur.fetchall()]
+            decided = decide_compensation(rows, cause, failed_step, reason)
+            params |= {
+                "failed_step": decided.failed_step,
+                "error": decided.error,
+                "actor": actor,
+                "reason": reason,
+                "operator": actor is not None or cause == "cancel",
+            }
+            with conn.pipeline():
+                conn.execute(RECORD_CAUSE, params, prepare=True)
+                conn.execute(LOG_BEGIN, params, prepare=True)
+        finished = not decided.todo and self.finish_compensation(saga_id)
+        return Begun(decided.todo, S.COMPENSATING, finished)
+
+    def fail_step(
+        self,
+        saga_id: str,
+        step: str,
+        attempt: int,
+        error: str,
+        *,
+        applied: bool = False,
+        result: Any = None,
+        forward: bool = False,
+        task_id: str | None = None,
+    ) -> bool:
+        params = {
+            "sid": saga_id,
+            "step": step,
+            "attempt": attempt,
+            "error": error,
+            "applied": applied,
+            "result": Jsonb(result),
+            "forward": forward,
+            "message": forward_failure(saga_id, step, error),
+            "now": self.clock(),
+            "worker": self.worker,
+            "task_id": task_id,
+        }
+        with self._raw() as conn:
+            row = conn.execute(FAIL, params, prepare=True).fetchone()
+        assert row is not None
+        if row[0] != 1:
+            return False
+        if row[2] == S.COMPENSATING:  # a late sibling: the saga may be settled now
+            self.finish_compensation(saga_id)
+        return True
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def get(self, saga_id: str) -> SagaRecord | None:
+        """One round trip (two pipelined reads; each sees a committed state)."""
+        params = {"sid": saga_id}
+        with self._raw() as conn, conn.pipeline():
+            head = conn.execute(GET_SAGA, params, prepare=True)
+            steps = conn.execute(GET_STEPS, params, prepare=True)
+        found = head.fetchone()
+        if found is None:
+            return None
+        return saga_record(
+            _mapped(head.description, found),
+            [_mapped(steps.description, r) for r in steps.fetchall()],
+        )
+
 
 def _row(description: Any, values: Sequence[Any]) -> Any:
     """A result row with attribute access (what run_claim reads)."""
     return SimpleNamespace(**{c.name: v for c, v in zip(description, values, strict=True)})
+
+
+def _mapped(description: Any, values: Sequence[Any]) -> Any:
+    """A row as saga_record reads it: attributes plus `_mapping`."""
+    row = _row(description, values)
+    row._mapping = vars(row).copy()
+    return row
