@@ -13,7 +13,7 @@ from sagaq.runtime.base import Delivery, Fail, Halt, Outcome, Proceed, Retry, Ru
 from sagaq.runtime.invoke import backoff_delay, call_user, describe, to_json
 from sagaq.runtime.launch import start_compensation
 from sagaq.runtime.subsagas import POLL_SECONDS, ChildPending, run_child
-from sagaq.status import StepStatus
+from sagaq.status import SAGA_ACTIVE, StepStatus
 from sagaq.store import Claim, StepClaim
 
 # Attempts lost with their worker (no outcome) allowed beyond the step's retries.
@@ -68,7 +68,7 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
     if claim.outcome is Claim.WAIT:
         return Retry(claim.retry_in)
     if claim.outcome is not Claim.RUN:
-        return Halt()
+        return _refused(rt, saga_id, step)
     attempt = claim.attempts
     label = f"step {saga.name}.{step.name}"
 
@@ -76,6 +76,8 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
         rt.emit(type, saga_id, saga.name, step=step.name, attempt=attempt, **details)
 
     def give_up(error: str, *, applied: bool, result: Any = None) -> bool:
+        # A pivot that may have applied cannot be undone either: FAILED for an operator.
+        past = forward or (applied and step.pivot)
         if not store.fail_step(
             saga_id,
             step.name,
@@ -83,7 +85,7 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
             error,
             applied=applied,
             result=result,
-            forward=forward,
+            forward=past,
             task_id=delivery.task_id,
         ):
             return False
@@ -149,6 +151,21 @@ def execute_step(rt: Runtime, saga: Saga, step: Step, saga_id: str, delivery: De
     if finished:
         rt.emit(EventType.SAGA_COMPLETED, saga_id, saga.name)
     return Proceed(shown(saga_id, step.name, attempt, "completed"))
+
+
+def _refused(rt: Runtime, saga_id: str, step: Step) -> Outcome:
+    """A redelivery of a step that already ended while its saga is still active: the first
+    delivery's worker may have died before Celery sent what follows, so do it again instead of
+    leaving the saga to the sweeper. Failed for good: fail again (the errback is idempotent).
+    Skipped by its `when`: let the canvas go on, as for a completed step."""
+    record = rt.store.get(saga_id)
+    if record is not None and record.status in SAGA_ACTIVE:
+        row = record.step(step.name)
+        if row.status == StepStatus.FAILED:
+            return Fail(NonRetryableError(row.error or f"step {step.name} failed"))
+        if row.status == StepStatus.SKIPPED:
+            return Proceed(shown(saga_id, step.name, row.attempts, "skipped"))
+    return Halt()
 
 
 def _storable(value: Any) -> Any:

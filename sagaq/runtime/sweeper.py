@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass
 
 from sagaq.compiler import compile_compensation, compile_saga
-from sagaq.runtime.base import Runtime
+from sagaq.definition.saga import Saga
+from sagaq.runtime.base import Retry, Runtime
 from sagaq.runtime.control import on_step_failed
 from sagaq.runtime.launch import pivot_of, start_compensation
 from sagaq.status import SAGA_ACTIVE, SagaStatus, StepStatus, needs_undo
@@ -104,7 +105,10 @@ def _resume_forward(rt: Runtime, record: SagaRecord, report: SweepReport) -> Non
         # It failed for good but its errback was lost (with the broker): do what it would do.
         if rt.store.touch(record.id, record.updated_at, f"errback of {failed} lost"):
             log.warning("saga %s: step %s failed, errback lost", record.id, failed)
-            on_step_failed(rt, saga, record.id, failed)
+            if isinstance(on_step_failed(rt, saga, record.id, failed), Retry):
+                # wait-all: it waits for siblings, but the saga stalled, so their messages
+                # were lost too: send them again (a later pass compensates once they ended).
+                _resume_siblings(rt, saga, record)
             report.failures += 1
         return
     remaining = [
@@ -124,6 +128,20 @@ def _resume_forward(rt: Runtime, record: SagaRecord, report: SweepReport) -> Non
         return
     report.resumed += 1
     report.lost_steps += sum(s.status == StepStatus.RUNNING for s in record.steps)
+
+
+def _resume_siblings(rt: Runtime, saga: Saga, record: SagaRecord) -> None:
+    """Re-publish the unfinished steps that depend on no failed step."""
+    failed = {s.name for s in record.steps if s.status == StepStatus.FAILED}
+    ancestors = saga.plan.ancestors
+    siblings = [
+        s.name
+        for s in record.steps
+        if s.status in (StepStatus.PENDING, StepStatus.RUNNING) and not ancestors[s.name] & failed
+    ]
+    if siblings:
+        log.warning("saga %s stalled waiting for %s: re-publishing them", record.id, siblings)
+        rt.send(compile_saga(saga, record.id, rt.app, steps=siblings))
 
 
 def _resume_compensation(rt: Runtime, record: SagaRecord, report: SweepReport) -> None:

@@ -23,7 +23,7 @@ from sagaq.status import (
 from sagaq.store.base import step_key, task_of
 from sagaq.store.reads import StoreReads, step_inputs
 from sagaq.store.records import Claim, StepClaim, run_claim
-from sagaq.store.schema import saga, saga_step
+from sagaq.store.schema import saga, saga_event, saga_step
 
 S, T = SagaStatus, StepStatus
 
@@ -51,6 +51,22 @@ def _needs_undo(table: Any = saga_step) -> Any:
 def _unsettled(table: Any = saga_step) -> Any:
     """Rows that keep the saga from being COMPENSATED (and their ancestors from being undone)."""
     return or_(table.c.status.in_(STEP_BLOCKS_COMPENSATED), _needs_undo(table))
+
+
+def _first_reason(saga_id: str) -> Any:
+    """The error recorded when the saga began compensating (its history's first such row)."""
+    return (
+        select(saga_event.c.error)
+        .where(
+            saga_event.c.saga_id == saga_id,
+            saga_event.c.kind == "saga",
+            saga_event.c.status == S.COMPENSATING,
+            saga_event.c.error.is_not(None),
+        )
+        .order_by(saga_event.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 @dataclass(frozen=True)
@@ -398,8 +414,14 @@ class CompensationTransitions(StoreReads):
                     saga.c.status.in_(_RESUMED),
                     exists().where(steps, saga_step.c.status == T.COMPENSATION_FAILED),
                 )
-                # The compensation's failure stays in the history (and on the dashboard).
-                .values(status=S.COMPENSATING, error=None, updated_at=now, finished_at=None)
+                # The compensation's failure stays in the history (and on the dashboard); the
+                # saga's error goes back to why it compensated (the failure, cancel, deadline).
+                .values(
+                    status=S.COMPENSATING,
+                    error=_first_reason(saga_id),
+                    updated_at=now,
+                    finished_at=None,
+                )
             )
             if won.rowcount != 1:
                 return None

@@ -194,13 +194,19 @@ class SagaStore(CompensationTransitions):
                 return replace(run_claim(rows, deps, mine.attempts), resumed=True)
             fresh = saga_step.c.status == T.PENDING
             lost = (saga_step.c.status == T.RUNNING) & (saga_step.c.heartbeat_at <= now - lease)
+            if is_pivot:
+                # A pivot that started before the deadline may have applied: a lost attempt
+                # is taken over whatever the deadline (compensation is refused once it started).
+                active = exists().where(saga.c.id == saga_id, saga.c.status.in_(SAGA_ACTIVE))
+                allowed = (fresh & saga_ok) | (lost & active)
+            else:
+                allowed = (fresh | lost) & saga_ok
             row = conn.execute(
                 update(saga_step)
                 .where(
                     step_key(saga_id, step),
                     saga_step.c.status.in_(_CLAIMED),
-                    fresh | lost,
-                    saga_ok,
+                    allowed,
                     *((deps_done,) if deps else ()),
                 )
                 .values(
@@ -214,7 +220,9 @@ class SagaStore(CompensationTransitions):
                 .returning(saga_step.c.attempts)
             ).first()
             if row is None:
-                return self._refused_claim(conn, saga_id, step, deps, now, lease, past_pivot)
+                return self._refused_claim(
+                    conn, saga_id, step, deps, now, lease, past_pivot, is_pivot=is_pivot
+                )
             self._event(
                 conn,
                 saga_id,
@@ -238,6 +246,8 @@ class SagaStore(CompensationTransitions):
         now: float,
         lease: float,
         past_pivot: bool,
+        *,
+        is_pivot: bool = False,
     ) -> StepClaim:
         row = conn.execute(
             select(
@@ -257,7 +267,8 @@ class SagaStore(CompensationTransitions):
         if row.saga_status not in SAGA_ACTIVE:
             return StepClaim(Claim.STOP)
         expired = row.deadline_at is not None and row.deadline_at <= now
-        if expired and not past_pivot:
+        started_pivot = is_pivot and row.status == T.RUNNING  # it runs on, deadline or not
+        if expired and not past_pivot and not started_pivot:
             return StepClaim(Claim.EXPIRED)
         if row.status == T.RUNNING:
             return StepClaim(Claim.WAIT, retry_in=max(0.05, row.heartbeat_at + lease - now))
@@ -515,9 +526,12 @@ class SagaStore(CompensationTransitions):
             )
             if won.rowcount != 1:
                 return None
+            # A step its `when` skipped ran (attempts > 0) and stays skipped: put back, a step
+            # before the pivot could never run again once the deadline passed.
+            never_ran = (saga_step.c.status != T.SKIPPED) | (saga_step.c.attempts == 0)
             conn.execute(
                 update(saga_step)
-                .where(steps, saga_step.c.status.in_(_RESET))
+                .where(steps, saga_step.c.status.in_(_RESET), never_ran)
                 .values(status=T.PENDING, attempts=0, error=None, heartbeat_at=None)
             )
             left = (
@@ -528,8 +542,12 @@ class SagaStore(CompensationTransitions):
             conn.execute(update(saga).where(saga.c.id == saga_id).values(steps_left=left))
             self._event(conn, saga_id, "operator", now, status="RETRY", actor=actor, reason=reason)
             self._event(conn, saga_id, "saga", now, status=S.RUNNING)
+            # RUNNING too: an attempt whose worker died while the saga was FAILED holds its
+            # step until its lease runs out; its new message takes it over then.
             names = conn.execute(
-                select(saga_step.c.name).where(steps, saga_step.c.status == T.PENDING)
+                select(saga_step.c.name).where(
+                    steps, saga_step.c.status.in_((T.PENDING, T.RUNNING))
+                )
             )
             return list(names.scalars())
 
