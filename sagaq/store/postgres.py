@@ -10,11 +10,13 @@ deterministic simulation checks; tests/integration/test_store.py runs both."""
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,7 +35,7 @@ from sagaq.status import (
 )
 from sagaq.store.base import task_of
 from sagaq.store.compensation import Begun, decide_compensation
-from sagaq.store.connect import first_line, make_engine
+from sagaq.store.connect import first_line, forget_connections, make_engine
 from sagaq.store.notify import CHANNEL, FinishListener
 from sagaq.store.pg_statements import (
     BEGIN_UNDO,
@@ -76,6 +78,8 @@ class PostgresStore(SagaStore):
             def _no_flush(dbapi_conn: Any, record: Any) -> None:
                 dbapi_conn.execute("SET synchronous_commit = off")
 
+            for pool in (fast, lazy):  # a forked pool process opens its own connections
+                os.register_at_fork(after_in_child=partial(forget_connections, weakref.ref(pool)))
             self._fast, self._async = fast, lazy
         return self._fast, self._async
 
