@@ -29,6 +29,7 @@ unit: install
 	$(BIN)/pytest tests/unit
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 clean:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ def run_demo(console: Console | None = None, store_url: str | None = None) -> in
         engine.register(demo_order)
         # The worker runs in this process, so its lifecycle events reach us as they happen.
         engine.events.subscribe(lambda event: _print_event(console, event))
+        engine.events.subscribe(lambda event: _note_finish(event))
         console.print("[bold]sagaq demo[/]: SQLite store, in-memory broker, in-process worker")
         with in_process_worker(app, engine.queues()):
             # The injected failure is expected: keep Celery's traceback for it off the screen.
@@ -100,11 +102,23 @@ def run_demo(console: Console | None = None, store_url: str | None = None) -> in
 
 def _run_one(console: Console, engine: SagaQ, data: dict[str, str]) -> SagaResult:
     console.print(f"\n[bold]order[/] {data}")
-    result = engine.start("order", data).wait(timeout=30)
+    handle = engine.start("order", data)
+    result = handle.wait(timeout=30)
+    # The store says it finished; let the worker's last events reach the screen first.
+    _finished.setdefault(handle.id, threading.Event()).wait(2.0)
     failed = f" (failed at {result.failed_step})" if result.failed_step else ""
     # The full id: it is what `sagaq status` takes.
     console.print(f"  => saga {result.id} [bold]{result.status}[/]{failed}", soft_wrap=True)
     return result
+
+
+_finished: dict[str, threading.Event] = {}
+_FINAL = (EventType.SAGA_COMPLETED, EventType.SAGA_COMPENSATED, EventType.SAGA_FAILED)
+
+
+def _note_finish(event: SagaEvent) -> None:
+    if event.type in _FINAL:
+        _finished.setdefault(event.saga_id, threading.Event()).set()
 
 
 def _print_event(console: Console, event: SagaEvent) -> None:

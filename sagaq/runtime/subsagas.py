@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from sagaq.definition.saga import Step, StepContext
 from sagaq.errors import NonRetryableError, SagaqError
 from sagaq.runtime.base import Runtime
 from sagaq.status import SAGA_ACTIVE, SagaStatus, StepStatus
 from sagaq.store import SagaRecord
-from sagaq.store.schema import saga as saga_table
 
 POLL_SECONDS = 0.1
 
@@ -25,14 +22,8 @@ class ChildPending(Exception):
 
 def children(rt: Runtime, parent_id: str, step: str) -> list[SagaRecord]:
     """The child sagas a parent's step started, oldest first."""
-    with rt.store._begin() as conn:
-        ids = conn.execute(
-            select(saga_table.c.id)
-            .where(saga_table.c.parent_id == parent_id, saga_table.c.parent_step == step)
-            .order_by(saga_table.c.created_at)
-        ).scalars()
-        found = list(ids)
-    return [r for r in (rt.store.get(i) for i in found) if r is not None]
+    found = (rt.store.get(i) for i in rt.store.children(parent_id, step))
+    return [r for r in found if r is not None]
 
 
 def run_child(rt: Runtime, step: Step, ctx: StepContext, *, resumed: bool) -> Any:

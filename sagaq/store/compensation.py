@@ -79,6 +79,36 @@ class Begun:
     finished: bool = False  # nothing to undo: the saga is COMPENSATED already
 
 
+@dataclass(frozen=True)
+class Decided:
+    failed_step: str | None  # what the saga names as its cause
+    error: str | None
+    todo: list[str]  # the steps the undo canvas covers
+
+
+def decide_compensation(
+    rows: Sequence[Any], cause: str, failed_step: str | None, reason: str | None
+) -> Decided:
+    """From the step rows (ordered by when they finished): the culprit is the first failure in
+    time (wait-all lets several happen; `error` lists the others), or the step whose errback
+    came while it is still RUNNING (its attempt was lost). A cancel or a deadline gives its
+    reason instead. The canvas covers what may have applied and what still runs."""
+    failed = [r for r in rows if r.status == T.FAILED]
+    named = next((r for r in rows if r.name == failed_step), None)
+    culprit = failed[0] if failed and cause == "failure" else named
+    others = [r for r in failed if culprit is not None and r.name != culprit.name]
+    error = f"cancelled: {reason}" if cause == "cancel" else reason
+    if culprit is not None and culprit.status == T.RUNNING:
+        error = error or LOST_ERROR
+    error = error or (culprit.error if culprit else None)
+    if others and error:
+        error += "; also failed: " + "; ".join(f"{r.name}: {r.error}" for r in others)
+    todo = [
+        r.name for r in rows if r.status == T.RUNNING or needs_undo(r.status, r.undoable, r.applied)
+    ]
+    return Decided(culprit.name if culprit else None, error, todo)
+
+
 class CompensationTransitions(StoreReads):
     """From COMPENSATING to COMPENSATED (or FAILED): every move one conditional UPDATE."""
 
@@ -132,37 +162,27 @@ class CompensationTransitions(StoreReads):
                 .where(steps)
                 .order_by(saga_step.c.finished_at, saga_step.c.position)
             ).all()
-            # The culprit is the first failure in time (wait-all lets several happen); a step
-            # whose errback came though it is still RUNNING had its attempt lost.
-            failed = [r for r in rows if r.status == T.FAILED]
-            named = next((r for r in rows if r.name == failed_step), None)
-            culprit = failed[0] if failed and cause == "failure" else named
-            others = [r for r in failed if culprit is not None and r.name != culprit.name]
-            error = f"cancelled: {reason}" if cause == "cancel" else reason
-            if culprit is not None and culprit.status == T.RUNNING:  # its attempt was lost
-                error = error or LOST_ERROR
-            error = error or (culprit.error if culprit else None)
-            if others and error:  # wait-all: the first failure in time, then the others
-                error += "; also failed: " + "; ".join(f"{r.name}: {r.error}" for r in others)
+            decided = decide_compensation(rows, cause, failed_step, reason)
             conn.execute(
                 update(saga)
                 .where(saga.c.id == saga_id)
-                .values(failed_step=culprit.name if culprit else None, error=error)
+                .values(failed_step=decided.failed_step, error=decided.error)
             )
             if actor is not None or cause == "cancel":
                 self._event(
                     conn, saga_id, "operator", now, status="CANCEL", actor=actor, reason=reason
                 )
             self._event(
-                conn, saga_id, "saga", now, status=S.COMPENSATING, reason=cause, error=error
+                conn,
+                saga_id,
+                "saga",
+                now,
+                status=S.COMPENSATING,
+                reason=cause,
+                error=decided.error,
             )
-            todo = [
-                r.name
-                for r in rows
-                if r.status == T.RUNNING or needs_undo(r.status, r.undoable, r.applied)
-            ]
-            finished = not todo and self._try_finish_compensation(conn, saga_id, now)
-        return Begun(todo, S.COMPENSATING, finished)
+            finished = not decided.todo and self._try_finish_compensation(conn, saga_id, now)
+        return Begun(decided.todo, S.COMPENSATING, finished)
 
     def claim_compensation(
         self,

@@ -75,6 +75,16 @@ class StoreReads(StoreBase):
             by_saga.setdefault(row.saga_id, []).append(row)
         return [saga_record(h, by_saga.get(h.id, [])) for h in heads]
 
+    def children(self, parent_id: str, step: str) -> list[str]:
+        """The ids of the sub-sagas a parent's step started, oldest first."""
+        with self._begin() as conn:
+            ids = conn.execute(
+                select(saga.c.id)
+                .where(saga.c.parent_id == parent_id, saga.c.parent_step == step)
+                .order_by(saga.c.created_at)
+            ).scalars()
+            return list(ids)
+
     def touch(self, saga_id: str, seen_updated_at: float, action: str | None = None) -> bool:
         """Claim a saga for a recovery action: only one sweeper wins per observed version.
         `action` is written to the history (what the sweeper does)."""

@@ -53,6 +53,7 @@ saga = Table(
     Index("ix_saga_created_at", "created_at"),
     Index("ix_saga_status_created_at", "status", "created_at"),
     Index("ix_saga_name_created_at", "name", "created_at"),
+    Index("ix_saga_parent", "parent_id", "parent_step"),  # a parent step finds its sub-sagas
     # Finding a saga by its business key across saga names (the unique key leads with name).
     Index("ix_saga_idempotency_key", "idempotency_key"),
     # Counts per status of one saga name, and its newest-first pages.

@@ -486,10 +486,7 @@ class SagaStore(CompensationTransitions):
                 task_id=task_id,
             )
             if forward:
-                message = (
-                    f"step {step!r} failed after the pivot step (nothing is undone past it); fix "
-                    f"the cause and run `sagaq retry {saga_id}`: {error}"
-                )
+                message = forward_failure(saga_id, step, error)
                 moved = conn.execute(
                     update(saga)
                     .where(saga.c.id == saga_id, saga.c.status.in_(_FAILED_FORWARD))
@@ -555,3 +552,11 @@ class SagaStore(CompensationTransitions):
                 )
             )
             return list(names.scalars())
+
+
+def forward_failure(saga_id: str, step: str, error: str) -> str:
+    """The error of a saga whose step failed for good after the pivot."""
+    return (
+        f"step {step!r} failed after the pivot step (nothing is undone past it); fix the "
+        f"cause and run `sagaq retry {saga_id}`: {error}"
+    )

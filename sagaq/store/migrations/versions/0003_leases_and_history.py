@@ -35,6 +35,7 @@ def upgrade() -> None:
     with op.batch_alter_table("saga_step") as batch:  # defaults were only for existing rows
         batch.alter_column("applied", server_default=None)
         batch.alter_column("undoable", server_default=None)
+    op.create_index("ix_saga_parent", "saga", ["parent_id", "parent_step"])
     op.create_table(
         "saga_event",
         sa.Column(
@@ -66,6 +67,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_saga_event_saga_id_id", table_name="saga_event")
     op.drop_table("saga_event")
+    op.drop_index("ix_saga_parent", table_name="saga")
     with op.batch_alter_table("saga_step") as batch:
         for column in ("undoable", "applied", "resume_token", "heartbeat_at", "task_id"):
             batch.drop_column(column)
