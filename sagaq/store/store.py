@@ -2,7 +2,8 @@
 condition comes from the transition table (sagaq.status), written with its history row in one
 transaction, so concurrent, duplicated and redelivered tasks cannot corrupt state.
 
-Forward transitions are here, compensation transitions in compensation.py, reads in reads.py."""
+Forward transitions are here; starting a saga in start.py, compensation transitions in
+compensation.py, reads in reads.py."""
 
 from __future__ import annotations
 
@@ -10,31 +11,28 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, exists, func, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
 
 from sagaq.status import SAGA_ACTIVE, STEP_DONE, SagaStatus, StepStatus, saga_move, step_move
 from sagaq.store.base import step_key, task_of
-from sagaq.store.compensation import CompensationTransitions
 from sagaq.store.reads import step_inputs
 from sagaq.store.records import Claim, StepClaim, run_claim
 from sagaq.store.schema import saga, saga_step
+from sagaq.store.start import StartTransitions
 
 S, T = SagaStatus, StepStatus
 
-_PUBLISHED = saga_move([S.PENDING], S.RUNNING)
 _FINISHED = saga_move(SAGA_ACTIVE, S.COMPLETED)
 _FAILED_FORWARD = saga_move(SAGA_ACTIVE, S.FAILED)
 _CLAIMED = step_move([T.PENDING, T.RUNNING], T.RUNNING)
 _RETRY_LATER = step_move([T.RUNNING], T.PENDING)
-_ENDED = step_move([T.RUNNING], T.COMPLETED) + step_move([T.RUNNING], T.SKIPPED)
 _GAVE_UP = step_move([T.RUNNING], T.FAILED)
 _RESUMED = saga_move([S.FAILED], S.RUNNING)
 _RESET = step_move([T.FAILED, T.SKIPPED], T.PENDING)
 
 
-class SagaStore(CompensationTransitions):
+class SagaStore(StartTransitions):
     """Creates its tables on first use. `SagaStore(url)` picks SQLite or PostgreSQL (whose
     hot statements have a fast path: postgres.py)."""
 
@@ -44,96 +42,6 @@ class SagaStore(CompensationTransitions):
 
             return super().__new__(PostgresStore)
         return super().__new__(cls)
-
-    # -- starting -------------------------------------------------------------------------
-
-    def create_saga(
-        self,
-        saga_id: str,
-        name: str,
-        input: dict[str, Any],
-        steps: Sequence[str],
-        idempotency_key: str | None = None,
-        deadline_at: float | None = None,
-        headers: dict[str, str] | None = None,
-        parent_id: str | None = None,
-        *,
-        undoable: Sequence[str] = (),
-        parent_step: str | None = None,
-    ) -> tuple[str, bool]:
-        """Insert the saga (RUNNING) and its PENDING steps in one transaction. Returns
-        (id, created); a known idempotency key returns the existing saga's id. `undoable`:
-        the steps that have a compensation to run (from the plan)."""
-        if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
-            return found, False
-        now = self.clock()
-        can_undo = set(undoable)
-        try:
-            with self._begin() as conn:
-                conn.execute(
-                    insert(saga).values(
-                        id=saga_id,
-                        name=name,
-                        status=S.RUNNING,
-                        input=input,
-                        idempotency_key=idempotency_key,
-                        deadline_at=deadline_at,
-                        headers=headers,
-                        parent_id=parent_id,
-                        parent_step=parent_step,
-                        steps_left=len(steps),
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                conn.execute(
-                    insert(saga_step),
-                    [
-                        {
-                            "saga_id": saga_id,
-                            "name": step,
-                            "position": i,
-                            "status": T.PENDING,
-                            "attempts": 0,
-                            "compensation_attempts": 0,
-                            "applied": False,
-                            "undoable": step in can_undo,
-                        }
-                        for i, step in enumerate(steps)
-                    ],
-                )
-                self._event(conn, saga_id, "saga", now, status=S.RUNNING)
-        except IntegrityError:
-            # Another start with the same key won the race.
-            if idempotency_key is not None and (found := self._find_by_key(name, idempotency_key)):
-                return found, False
-            raise
-        return saga_id, True
-
-    def _find_by_key(self, name: str, key: str) -> str | None:
-        with self._begin() as conn:
-            found: str | None = conn.execute(
-                select(saga.c.id).where(saga.c.name == name, saga.c.idempotency_key == key)
-            ).scalar()
-        return found
-
-    def mark_published(self, saga_id: str) -> None:
-        """PENDING->RUNNING: for sagas recorded PENDING by an older sagaq (new ones start
-        RUNNING: the sweeper finds a lost publish by its steps, none of which ever ran)."""
-        now = self.clock()
-        with self._begin() as conn:
-            moved = conn.execute(
-                update(saga)
-                .where(saga.c.id == saga_id, saga.c.status.in_(_PUBLISHED))
-                .values(status=S.RUNNING, updated_at=now)
-            )
-            if moved.rowcount == 1:
-                self._event(conn, saga_id, "saga", now, status=S.RUNNING)
-
-    def delete_saga(self, saga_id: str) -> None:
-        """Remove a saga whose canvas could not be published (nothing of it ran)."""
-        with self._begin() as conn:
-            conn.execute(delete(saga).where(saga.c.id == saga_id))  # cascades (steps, events)
 
     # -- forward steps --------------------------------------------------------------------
 
