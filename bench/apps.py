@@ -15,6 +15,7 @@ of the database or of Celery results while measuring.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import psycopg
 import redis
 from celery import Celery, chain, chord, group
 from celery.canvas import Signature, _chain, _chord
@@ -29,11 +31,14 @@ from celery.canvas import Signature, _chain, _chord
 from bench.config import FAIL_AT, FAN_WIDTH, LENGTHS, QUEUE
 from sagaq import NonRetryableError, Saga, SagaQ, StepContext
 from sagaq.observability.events import EventType, SagaEvent
+from sagaq.store.connect import libpq_url
 
 DONE_LIST = "sagaq_bench:done"
 TERMINAL_EVENTS = (EventType.SAGA_COMPLETED, EventType.SAGA_COMPENSATED, EventType.SAGA_FAILED)
 RAW_STEP = "bench_raw.step"
 RAW_ERRBACK = "bench_raw.errback"
+RAW_DURABLE_STEP = "bench_raw.durable_step"
+FLOOR_TABLE = "bench_floor"
 
 
 class BenchTimeoutError(RuntimeError):
@@ -215,13 +220,48 @@ def _sig(app: Celery, task: str, **kwargs: Any) -> Signature:
     return Signature(task, kwargs=kwargs, options={"queue": QUEUE}, immutable=True, app=app)
 
 
-def install_raw_tasks(app: Celery, sink: DoneSink) -> None:
+class FloorWriter:
+    """The floor any durable executor pays: one committed (synchronous_commit on) PostgreSQL
+    upsert per task, on a connection of the pool process's own, with no other bookkeeping."""
+
+    def __init__(self, store_url: str) -> None:
+        self.conninfo = libpq_url(store_url)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pid = 0
+
+    def create_table(self) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {FLOOR_TABLE} (key text, step int, at float8, "
+                "PRIMARY KEY (key, step))"
+            )
+
+    def upsert(self, key: str, step: int) -> None:
+        if self._conn is None or self._pid != os.getpid():  # a forked pool process: its own
+            self._conn, self._pid = psycopg.connect(self.conninfo, autocommit=True), os.getpid()
+        self._conn.execute(
+            f"INSERT INTO {FLOOR_TABLE} (key, step, at) VALUES (%s, %s, %s) "
+            "ON CONFLICT (key, step) DO UPDATE SET at = excluded.at",
+            (key, step, time.time()),
+            prepare=True,
+        )
+
+
+def install_raw_tasks(app: Celery, sink: DoneSink, floor: FloorWriter | None = None) -> None:
     @app.task(name=RAW_STEP, shared=False)
     def step(*, key: str, fail: bool = False, done: bool = False) -> None:
         if fail:
             raise RuntimeError(f"injected failure in {key}")
         if done:
             sink.push(key)
+
+    if floor is not None:
+
+        @app.task(name=RAW_DURABLE_STEP, shared=False)
+        def durable_step(*, key: str, step: int, done: bool = False) -> None:
+            floor.upsert(key, step)
+            if done:
+                sink.push(key)
 
     @app.task(name=RAW_ERRBACK, ignore_result=True, shared=False)
     def errback(*, key: str, failed: int) -> None:
@@ -235,13 +275,22 @@ def install_raw_tasks(app: Celery, sink: DoneSink) -> None:
 
 
 def raw_line(
-    app: Celery, key: str, length: int, fail_at: int | None = None, ignore_result: bool = False
+    app: Celery,
+    key: str,
+    length: int,
+    fail_at: int | None = None,
+    ignore_result: bool = False,
+    durable: bool = False,
 ) -> Signature:
     """A chain of `length` no-op tasks, each with a link_error errback; the last one signals.
-    `ignore_result`: the tasks do not write their state to the result backend (profiling)."""
+    `ignore_result`: the tasks do not write their state to the result backend (profiling).
+    `durable`: each task commits one PostgreSQL upsert (the floor, see FloorWriter)."""
     sigs = []
     for i in range(1, length + 1):
-        sig = _sig(app, RAW_STEP, key=key, fail=i == fail_at, done=i == length)
+        if durable:
+            sig = _sig(app, RAW_DURABLE_STEP, key=key, step=i, done=i == length)
+        else:
+            sig = _sig(app, RAW_STEP, key=key, fail=i == fail_at, done=i == length)
         if ignore_result:
             sig.set(ignore_result=True)
         sig.on_error(_sig(app, RAW_ERRBACK, key=key, failed=i))
@@ -285,6 +334,7 @@ class Bench:
     app: Celery
     engine: SagaQ
     sink: DoneSink
+    has_floor: bool = False
 
     def submit_sagaq(self, shape: Shape) -> str:
         if shape.fan:
@@ -302,8 +352,17 @@ class Bench:
         self.raw_signature(shape, key).apply_async()
         return key
 
+    def submit_floor(self, shape: Shape) -> str:
+        """The raw chain with one durable PostgreSQL write per task (lines only)."""
+        assert not shape.fan and shape.fail_at is None, "the floor is measured for W1"
+        key = str(uuid.uuid4())
+        raw_line(self.app, key, shape.length, durable=True).apply_async()
+        return key
+
     def submitter(self, system: str) -> Callable[[Shape], str]:
-        return self.submit_sagaq if system == "sagaq" else self.submit_raw
+        return {"sagaq": self.submit_sagaq, "raw": self.submit_raw, "floor": self.submit_floor}[
+            system
+        ]
 
 
 def count_tasks(sig: Signature) -> int:
@@ -353,5 +412,9 @@ def build(
             sink.push(event.saga_id)
 
     engine.events.subscribe(on_event)
-    install_raw_tasks(app, sink)
-    return Bench(app, engine, sink)
+    floor = None
+    if not embedded:
+        floor = FloorWriter(store_url)
+        floor.create_table()
+    install_raw_tasks(app, sink, floor)
+    return Bench(app, engine, sink, has_floor=floor is not None)

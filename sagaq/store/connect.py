@@ -23,6 +23,11 @@ def forget_connections(engine: weakref.ref[Engine]) -> None:
         alive.dispose(close=False)
 
 
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL (any driver) as a libpq connection string for psycopg."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def make_engine(url: str, *, autocommit: bool = False) -> Engine:
     """`autocommit` (PostgreSQL): a separate pool whose connections stay in autocommit, for
     single-statement writes; switching a pooled connection back and forth costs more."""

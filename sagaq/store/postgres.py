@@ -23,7 +23,6 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine, event, func, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from sagaq.errors import StoreUnavailableError
@@ -35,7 +34,7 @@ from sagaq.status import (
 )
 from sagaq.store.base import task_of
 from sagaq.store.compensation import Begun, decide_compensation
-from sagaq.store.connect import first_line, forget_connections, make_engine
+from sagaq.store.connect import first_line, forget_connections, libpq_url, make_engine
 from sagaq.store.notify import CHANNEL, FinishListener
 from sagaq.store.pg_statements import (
     BEGIN_UNDO,
@@ -85,8 +84,7 @@ class PostgresStore(SagaStore):
 
     @cached_property
     def _listener(self) -> FinishListener:
-        url = make_url(self.url).set(drivername="postgresql")
-        return FinishListener(url.render_as_string(hide_password=False))
+        return FinishListener(libpq_url(self.url))
 
     @contextmanager
     def finish_signal(self, saga_id: str) -> Iterator[threading.Event | None]:
