@@ -37,7 +37,7 @@ from rich.console import Console
 
 from bench import snapshot
 from bench.apps import Bench, Shape, raw_line, tasks_per_saga
-from bench.config import BACKENDS, FULL, PG_ADMIN_URL, REDIS_URL, REPO, RESULTS
+from bench.config import BACKENDS, BENCH_DB, FULL, PG_ADMIN_URL, REDIS_URL, REPO, RESULTS
 from bench.cpu import proc_cpu
 from bench.measure import throughput
 from bench.micro import run as micro_run
@@ -45,7 +45,6 @@ from bench.results_model import Results
 from bench.runner import W1, W2, Options, Runner
 from bench.snapshot import reexec_on_snapshot
 from bench.watch import ServiceWatch
-from bench.worker_app import SQL_COUNTS
 from bench.workers import create_bench_db, drop_bench_db, fresh_schema
 
 SITE = Path(sysconfig.get_paths()["purelib"])
@@ -222,35 +221,53 @@ class Profiler:
         self.console.log(message)
 
     def sql_counts(self) -> dict[str, Any]:
+        """Per saga, counted by the servers themselves while W1 and W2 run (sagaq and raw
+        Celery): PostgreSQL transactions in the bench database (every fast-path statement is
+        one autocommit transaction; a pipelined transaction counts once) and Redis commands
+        (broker, results and the bench's completion list)."""
+        import psycopg
         import redis
 
         client = redis.Redis.from_url(REDIS_URL)
         url = fresh_schema("profile_sql")
         out: dict[str, Any] = {}
-        env = {"BENCH_COUNT_SQL": "1"}
-        with self.runner.running(self.backend, url, warm=False, extra_env=env) as bench:
-            n = 50
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True)
+
+        def pg_xacts() -> int:
+            admin.execute("SELECT pg_stat_clear_snapshot()")
+            row = admin.execute(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+                (BENCH_DB,),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        def redis_calls() -> Counter[str]:
+            stats = client.info("commandstats")
+            return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+
+        with self.runner.running(self.backend, url) as bench:
+            n = 100
             for name, shape in (("W1", W1), ("W2", W2)):
-                client.delete(SQL_COUNTS)
-                got = self.runner.attempt(
-                    f"sql {name}", lambda s=shape: throughput(bench, "sagaq", s, n, 120), bench
-                )
-                if got is None:
-                    continue
-                time.sleep(0.5)
-                raw = client.hgetall(SQL_COUNTS)
-                counts = {k.decode(): int(v) / n for k, v in sorted(raw.items())}
-                control = ("BEGIN", "COMMIT", "ROLLBACK")
-                statements = sum(v for k, v in counts.items() if k.split()[0] not in control)
-                out[name] = {
-                    "per_saga": counts,
-                    "statements": statements,
-                    # psycopg sends BEGIN as its own round trip, then each statement, then
-                    # COMMIT; on autocommit connections only the statements travel.
-                    "round_trips": statements + sum(counts.get(k, 0) for k in control),
-                }
-                self.log(f"SQL per {name} saga: {out[name]}")
-        # the client side of start(): create_saga + mark_published
+                for system in ("sagaq", "raw"):
+                    time.sleep(1.5)  # PostgreSQL publishes its counters about once a second
+                    x0, r0 = pg_xacts(), redis_calls()
+                    got = self.runner.attempt(
+                        f"counts {name} {system}",
+                        lambda s=shape, y=system: throughput(bench, y, s, n, 120),
+                        bench,
+                    )
+                    if got is None:
+                        continue
+                    time.sleep(1.5)
+                    calls = redis_calls() - r0
+                    calls.pop("info", None)
+                    out[f"{name} {system}"] = {
+                        "pg_transactions": round((pg_xacts() - x0 - 1) / n, 2),
+                        "redis_commands": round(sum(calls.values()) / n, 1),
+                        "redis_by_command": {k: round(v / n, 2) for k, v in calls.most_common()},
+                    }
+                    self.log(f"per {name} saga, {system}: {out[f'{name} {system}']}")
+        admin.close()
         return out
 
     def spy(self, system: str) -> dict[str, Any]:
@@ -388,7 +405,11 @@ class Profiler:
 
 
 def summary(report: dict[str, Any]) -> str:
-    lines = []
+    lines = [
+        f"per saga, {what}: {c['pg_transactions']} PostgreSQL transactions, "
+        f"{c['redis_commands']} Redis commands"
+        for what, c in report.get("sql", {}).items()
+    ]
     for system, kind in (("sagaq", "wall"), ("sagaq", "cpu"), ("raw", "wall"), ("raw", "cpu")):
         spy = report.get("spy", {}).get(system, {}).get(kind)
         if not spy or "error" in spy:

@@ -17,6 +17,14 @@ WAIT_ALL_GRACE = 60.0
 
 
 def on_step_failed(rt: Runtime, saga: Saga, saga_id: str, step: str) -> Outcome:
+    if step not in saga.after_pivot() and saga.failure_policy is not FailurePolicy.WAIT_ALL:
+        # The common case in one transaction: the step failed for good, the saga is active.
+        begun = start_compensation(
+            rt, saga, saga_id, cause="failure", failed_step=step, only_if_failed=True
+        )
+        if begun.steps is not None:
+            return Halt()
+    # Anything else (a lost attempt, wait-all, a duplicate errback...) reads the saga first.
     record = rt.store.get(saga_id)
     if record is None or record.status not in SAGA_ACTIVE:
         return Halt()

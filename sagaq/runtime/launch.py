@@ -88,10 +88,12 @@ def start_compensation(
     reason: str | None = None,
     allowed: Sequence[SagaStatus] = tuple(SAGA_ACTIVE),
     actor: str | None = None,
+    only_if_failed: bool = False,
 ) -> Begun:
     """Move the saga to COMPENSATING (only one caller wins) and publish its undo canvas:
     the steps that may have applied, and those still running (their ancestors wait for them).
-    `allowed=(COMPLETED,)` undoes a finished saga (a sub-saga whose parent compensates)."""
+    `allowed=(COMPLETED,)` undoes a finished saga (a sub-saga whose parent compensates);
+    `only_if_failed`: only if `failed_step` is FAILED."""
     begun = rt.store.begin_compensation(
         saga_id,
         cause=cause,
@@ -100,6 +102,7 @@ def start_compensation(
         allowed=allowed,
         pivot=pivot_of(saga),
         actor=actor,
+        only_if_failed=only_if_failed,
     )
     if begun.steps is None:
         return begun

@@ -122,14 +122,19 @@ class CompensationTransitions(StoreReads):
         allowed: Sequence[SagaStatus] = tuple(SAGA_ACTIVE),
         pivot: str | None = None,
         actor: str | None = None,
+        only_if_failed: bool = False,
     ) -> Begun:
         """->COMPENSATING in one conditional UPDATE: only the first caller gets the steps to
         undo; later callers are refused. Steps that never started become SKIPPED in the same
         transaction, so none of them can start any more. Refused once the `pivot` started
-        (past it nothing is undone). `cause`: "failure", "cancel" or "deadline"; `reason`
-        becomes the saga's error (otherwise the failed steps' errors do)."""
+        (past it nothing is undone), and with `only_if_failed` unless `failed_step` is FAILED.
+        `cause`: "failure", "cancel" or "deadline"; `reason` becomes the saga's error
+        (otherwise the failed steps' errors do)."""
         now = self.clock()
         steps = saga_step.c.saga_id == saga_id
+        step_failed = exists().where(
+            steps, saga_step.c.name == failed_step, saga_step.c.status == T.FAILED
+        )
         pivot_started = (
             exists().where(
                 steps,
@@ -146,6 +151,7 @@ class CompensationTransitions(StoreReads):
                     saga.c.id == saga_id,
                     saga.c.status.in_(saga_move(allowed, S.COMPENSATING)),
                     ~pivot_started if pivot_started is not None else true(),
+                    step_failed if only_if_failed else true(),
                 )
                 .values(status=S.COMPENSATING, cause=cause, updated_at=now, finished_at=None)
             )

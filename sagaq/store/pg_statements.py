@@ -192,11 +192,17 @@ WHERE id = %(sid)s AND status = ANY(%(allowed)s::text[])
   AND NOT EXISTS (SELECT 1 FROM saga_step
                   WHERE saga_id = %(sid)s AND name = %(pivot)s
                     AND status IN ('{T.RUNNING}', '{T.COMPLETED}'))
+  AND (NOT %(only_if_failed)s
+       OR EXISTS (SELECT 1 FROM saga_step
+                  WHERE saga_id = %(sid)s AND name = %(failed_step)s AND status = '{T.FAILED}'))
 RETURNING id
 """
 SAGA_STATUS = "SELECT status FROM saga WHERE id = %(sid)s"
+# Sent in the same pipeline as BEGIN_UNDO, before its outcome is known: a caller that did not
+# win rolls the transaction back (and skips nothing while the saga is not compensating).
 SKIP_PENDING = f"""
 UPDATE saga_step SET status = '{T.SKIPPED}' WHERE saga_id = %(sid)s AND status = '{T.PENDING}'
+  AND EXISTS (SELECT 1 FROM saga WHERE id = %(sid)s AND status = '{S.COMPENSATING}')
 """
 STEP_ROWS = """
 SELECT name, status, error, undoable, applied FROM saga_step WHERE saga_id = %(sid)s

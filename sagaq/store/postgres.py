@@ -15,15 +15,15 @@ import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from functools import cached_property, partial
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine, event, func, select
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from sagaq.errors import StoreUnavailableError
 from sagaq.status import (
@@ -102,20 +102,26 @@ class PostgresStore(SagaStore):
 
     @contextmanager
     def _raw(self, durable: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled psycopg connection, checked out of the pool itself (without SQLAlchemy's
+        Connection around it: the hot path sends its own statements)."""
         fast, lazy = self._pools()
         try:
-            with (fast if durable else lazy).connect() as conn:
-                raw = conn.connection.driver_connection
-                assert isinstance(raw, psycopg.Connection)
-                try:
-                    yield raw
-                except psycopg.OperationalError:
-                    conn.invalidate()
-                    raise
+            pooled = (fast if durable else lazy).pool.connect()
         except OperationalError as exc:
             raise self._unavailable(exc) from exc
         except psycopg.OperationalError as exc:
             raise self._unavailable_raw(exc) from exc
+        raw = pooled.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        try:
+            yield raw
+        except psycopg.OperationalError as exc:
+            pooled.invalidate()  # closes it and takes it out of the pool
+            raise self._unavailable_raw(exc) from exc
+        except BaseException:
+            _give_back(pooled, raw)
+            raise
+        _give_back(pooled, raw)
 
     def _unavailable_raw(self, exc: psycopg.OperationalError) -> StoreUnavailableError:
         return StoreUnavailableError(
@@ -211,13 +217,11 @@ class PostgresStore(SagaStore):
             "worker": worker or self.worker,
         }
         with self._raw(durable=False) as conn:
-            cur = conn.execute(CLAIM, params, prepare=True)
-            rows = [_row(cur.description, r) for r in cur.fetchall()]
+            rows = [_ClaimRow._make(r) for r in conn.execute(CLAIM, params, prepare=True)]
         if not rows:
             with self._begin() as c:
                 return self._refused_claim(c, saga_id, step, deps, now, lease, past_pivot)
-        claim = run_claim(rows, deps, rows[0].attempts)
-        return replace(claim, resumed=bool(rows[0].resumed))
+        return run_claim(rows, deps, rows[0].attempts, resumed=bool(rows[0].resumed))
 
     def complete_step(
         self,
@@ -279,7 +283,7 @@ class PostgresStore(SagaStore):
         with self._raw() as conn, conn.pipeline(), conn.transaction():
             conn.execute(LOCK, params, prepare=True)
             cur = conn.execute(CLAIM_UNDO, params, prepare=True)
-        rows = [_row(cur.description, r) for r in cur.fetchall()]
+        rows = [_UndoRow._make(r) for r in cur]
         if not rows:
             return super().claim_compensation(
                 saga_id,
@@ -321,8 +325,11 @@ class PostgresStore(SagaStore):
         allowed: Sequence[SagaStatus] = tuple(SAGA_ACTIVE),
         pivot: str | None = None,
         actor: str | None = None,
+        only_if_failed: bool = False,
     ) -> Begun:
-        """The portable transaction in three round trips, without SQLAlchemy's machinery."""
+        """The portable transaction in two round trips: the saga's move, the skips and the
+        read of the steps are pipelined before knowing whether the move won (a caller that lost
+        rolls back); the cause and the history row follow with the commit."""
         now = self.clock()
         params: dict[str, Any] = {
             "sid": saga_id,
@@ -330,16 +337,20 @@ class PostgresStore(SagaStore):
             "now": now,
             "allowed": [str(s) for s in saga_move(allowed, S.COMPENSATING)],
             "pivot": pivot,
+            "only_if_failed": only_if_failed,
+            "failed_step": failed_step,
         }
-        with self._raw() as conn, conn.transaction():
-            won = conn.execute(BEGIN_UNDO, params, prepare=True).fetchone()
-            if won is None:
-                status = conn.execute(SAGA_STATUS, params, prepare=True).fetchone()
-                return Begun(None, SagaStatus(status[0]) if status else None)
-            with conn.pipeline():
-                conn.execute(SKIP_PENDING, params, prepare=True)
-                cur = conn.execute(STEP_ROWS, params, prepare=True)
-            rows = [_row(cur.description, r) for r in cur.fetchall()]
+        refused: Begun | None = None
+        with self._raw() as conn, conn.pipeline(), conn.transaction():
+            won = conn.execute(BEGIN_UNDO, params, prepare=True)
+            conn.execute(SKIP_PENDING, params, prepare=True)
+            steps = conn.execute(STEP_ROWS, params, prepare=True)
+            status = conn.execute(SAGA_STATUS, params, prepare=True)
+            if won.fetchone() is None:
+                found = status.fetchone()
+                refused = Begun(None, SagaStatus(found[0]) if found else None)
+                raise psycopg.Rollback()
+            rows = [_row(steps.description, r) for r in steps.fetchall()]
             decided = decide_compensation(rows, cause, failed_step, reason)
             params |= {
                 "failed_step": decided.failed_step,
@@ -348,9 +359,10 @@ class PostgresStore(SagaStore):
                 "reason": reason,
                 "operator": actor is not None or cause == "cancel",
             }
-            with conn.pipeline():
-                conn.execute(RECORD_CAUSE, params, prepare=True)
-                conn.execute(LOG_BEGIN, params, prepare=True)
+            conn.execute(RECORD_CAUSE, params, prepare=True)
+            conn.execute(LOG_BEGIN, params, prepare=True)
+        if refused is not None:
+            return refused
         finished = not decided.todo and self.finish_compensation(saga_id)
         return Begun(decided.todo, S.COMPENSATING, finished)
 
@@ -403,6 +415,40 @@ class PostgresStore(SagaStore):
             _mapped(head.description, found),
             [_mapped(steps.description, r) for r in steps.fetchall()],
         )
+
+
+class _ClaimRow(NamedTuple):
+    """A row of CLAIM (pg_statements), column for column."""
+
+    attempts: int
+    resumed: bool
+    input: Any
+    headers: Any
+    name: str | None
+    status: str | None
+    result: Any
+    data: Any
+
+
+class _UndoRow(NamedTuple):
+    """A row of CLAIM_UNDO, column for column."""
+
+    attempts: int
+    undo_result: Any
+    input: Any
+    headers: Any
+    name: str | None
+    status: str | None
+    result: Any
+    data: Any
+
+
+def _give_back(pooled: PoolProxiedConnection, raw: psycopg.Connection[Any]) -> None:
+    """Back to the pool, unless a transaction is still open on it (then it is closed)."""
+    if raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        pooled.close()
+    else:
+        pooled.invalidate()
 
 
 def _row(description: Any, values: Sequence[Any]) -> Any:

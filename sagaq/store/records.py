@@ -75,7 +75,12 @@ class StepClaim:
 
 
 def run_claim(
-    rows: Sequence[Any], deps: Sequence[str], attempts: int, result: Any = None
+    rows: Sequence[Any],
+    deps: Sequence[str],
+    attempts: int,
+    result: Any = None,
+    *,
+    resumed: bool = False,
 ) -> StepClaim:
     results: dict[str, Any] = {}
     data: dict[str, Any] = {}
@@ -93,6 +98,7 @@ def run_claim(
         results=results,
         data=data,
         result=result,
+        resumed=resumed,
     )
 
 

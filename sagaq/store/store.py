@@ -8,7 +8,6 @@ compensation.py, reads in reads.py."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Connection, exists, func, select, update
@@ -101,7 +100,7 @@ class SagaStore(StartTransitions):
             ).first()
             if mine is not None:
                 rows = conn.execute(step_inputs(saga_id, {*wanted, *deps})).all()
-                return replace(run_claim(rows, deps, mine.attempts), resumed=True)
+                return run_claim(rows, deps, mine.attempts, resumed=True)
             fresh = saga_step.c.status == T.PENDING
             lost = (saga_step.c.status == T.RUNNING) & (saga_step.c.heartbeat_at <= now - lease)
             if is_pivot:

@@ -192,6 +192,31 @@ def test_only_one_caller_starts_compensation(store: SagaStore) -> None:
     assert record.step("c").status == StepStatus.SKIPPED  # never starts now
 
 
+def test_the_errback_shortcut_begins_only_once_its_step_failed(store: SagaStore) -> None:
+    # The errback's one-transaction path (only_if_failed) must leave a saga whose step is
+    # still running (a lost attempt, a hard time limit) untouched for the slower path.
+    saga_id = new_saga(store)
+    complete(store, saga_id, "a", "A")
+    attempt = claim(store, saga_id, "b", deps=["a"])
+    refused = store.begin_compensation(
+        saga_id, cause="failure", failed_step="b", only_if_failed=True
+    )
+    record = store.get(saga_id)
+    assert record is not None
+    assert (refused.steps, refused.status) == (None, SagaStatus.RUNNING)
+    assert record.status == SagaStatus.RUNNING
+    assert record.step("c").status == StepStatus.PENDING  # nothing skipped by the refusal
+    assert [e["status"] for e in store.events(saga_id) if e["kind"] == "saga"] == ["RUNNING"]
+
+    assert store.fail_step(saga_id, "b", attempt, "boom")
+    begun = store.begin_compensation(saga_id, cause="failure", failed_step="b", only_if_failed=True)
+    record = store.get(saga_id)
+    assert record is not None
+    assert begun.steps == ["a"]
+    assert (record.status, record.failed_step, record.error) == ("COMPENSATING", "b", "boom")
+    assert record.step("c").status == StepStatus.SKIPPED
+
+
 def test_a_step_between_retries_when_compensation_starts_never_runs_again(
     store: SagaStore,
 ) -> None:
