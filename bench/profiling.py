@@ -249,7 +249,8 @@ class Profiler:
             n = 100
             for name, shape in (("W1", W1), ("W2", W2)):
                 for system in ("sagaq", "raw"):
-                    time.sleep(1.5)  # PostgreSQL publishes its counters about once a second
+                    # A backend publishes its counters once it has been idle for 10 s.
+                    time.sleep(11)
                     x0, r0 = pg_xacts(), redis_calls()
                     got = self.runner.attempt(
                         f"counts {name} {system}",
@@ -258,7 +259,7 @@ class Profiler:
                     )
                     if got is None:
                         continue
-                    time.sleep(1.5)
+                    time.sleep(11)
                     calls = redis_calls() - r0
                     calls.pop("info", None)
                     out[f"{name} {system}"] = {
