@@ -330,7 +330,8 @@ class Profiler:
                 bench.sink.reset()
                 cpu0 = {k: proc_cpu(p) for k, p in pids.items()}
                 started = time.time()
-                keys = [bench.submitter(system)(W1) for _ in range(n)]
+                shape = W2 if self.args.shape == "W2" else W1
+                keys = [bench.submitter(system)(shape) for _ in range(n)]
                 done = bench.sink.collect(keys, 600)
                 cpu = {k: proc_cpu(p) - cpu0[k] for k, p in pids.items()}
                 seconds = max(done.values()) - started
@@ -340,7 +341,7 @@ class Profiler:
                 for spy_proc in spies:
                     spy_proc.wait(60)
                 time.sleep(0.5)
-            tasks = tasks_per_saga(bench.app)["W1"][0 if system == "sagaq" else 1]
+            tasks = tasks_per_saga(bench.app)[self.args.shape][0 if system == "sagaq" else 1]
         kind = "wall" if idle else "cpu"
         children = [self.out_dir / f"{system}-{kind}-{k}.txt" for k in pids if k != "main"]
         result = analyse(children, self.args.rate, n, tasks)
@@ -462,7 +463,10 @@ def _carry_over(report: dict[str, Any], skipped: set[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profiling", description=__doc__)
-    parser.add_argument("--sagas", type=int, default=600, help="W1 sagas (chains) profiled")
+    parser.add_argument("--sagas", type=int, default=600, help="sagas (chains) profiled")
+    parser.add_argument(
+        "--shape", choices=("W1", "W2"), default="W1", help="the workload py-spy watches"
+    )
     parser.add_argument("--knob-rounds", type=int, default=4, help="rounds of the knob test")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument(

@@ -582,7 +582,9 @@ class Runner:
         for label, filler in (("empty", 0), ("big", rows)):
             store_url = fresh_schema(f"big_{label}")
             if filler:
-                SagaStore(store_url).dispose()  # the store creates its tables on first use
+                filled = SagaStore(store_url)
+                filled.create_tables()
+                filled.dispose()
                 self.log(f"[bold]big table[/bold]: inserting {filler:,} sagas")
                 took = fill(store_url, filler, c.big_steps)
                 self.log(f"  filled in {took:.1f}s")
