@@ -569,7 +569,7 @@ class Runner:
         )
         section.notes.append(
             f"Filler: {rows:,} saga rows"
-            + (" + 5 saga_step rows each" if c.big_steps else " (no step rows)")
+            + (" + 5 saga_step and 2 saga_event rows each" if c.big_steps else " (no step rows)")
             + ", one INSERT ... SELECT generate_series per table, then VACUUM ANALYZE and "
             "CHECKPOINT. status() is timed on random sagas of the W1 runs (which have steps)."
         )

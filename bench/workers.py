@@ -212,16 +212,29 @@ def fill(store_url: str, rows: int, with_steps: bool) -> float:
                 text(
                     """
                     INSERT INTO saga_step (saga_id, name, position, status, attempts, result,
-                                           started_at, finished_at, compensation_attempts)
+                                           started_at, finished_at, compensation_attempts,
+                                           applied, undoable)
                     SELECT s.id, 's' || k, k - 1, 'COMPLETED', 1, 'null'::jsonb,
-                           s.created_at, s.finished_at, 0
+                           s.created_at, s.finished_at, 0, false, true
                     FROM saga AS s, generate_series(1, 5) AS k
+                    """
+                )
+            )
+            # Their history: the saga's start and end (a real W1 saga also has 10 step rows).
+            conn.execute(
+                text(
+                    """
+                    INSERT INTO saga_event (saga_id, at, kind, status)
+                    SELECT s.id, s.created_at, 'saga', 'RUNNING' FROM saga AS s
+                    UNION ALL
+                    SELECT s.id, s.finished_at, 'saga', s.status FROM saga AS s
                     """
                 )
             )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE saga"))
         conn.execute(text("VACUUM ANALYZE saga_step"))
+        conn.execute(text("VACUUM ANALYZE saga_event"))
         conn.execute(text("CHECKPOINT"))  # do not leave the flush of the load to the measurement
     engine.dispose()
     return time.perf_counter() - started

@@ -47,7 +47,9 @@ def install_control_tasks(rt: Runtime) -> None:
     )
     def step_failed(task: Task[Any, None], *, saga_id: str, saga: str, step: str) -> None:
         # Keyword-only, so Celery sends this errback as a message instead of calling it inline.
-        carry_out(task, on_step_failed(rt, rt.sagas[saga], saga_id, step))
+        outcome = on_step_failed(rt, rt.sagas[saga], saga_id, step)
+        if not isinstance(outcome, Halt):  # nothing follows an errback: Halt is a plain return
+            carry_out(task, outcome)  # (Celery's Ignore would capture a traceback for nothing)
 
     # Kept for canvases that end in a group: every step completion already tries to finish.
     @rt.app.task(name=SAGA_DONE_TASK, ignore_result=True, shared=False)
