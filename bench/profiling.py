@@ -263,7 +263,7 @@ class Profiler:
                     calls = redis_calls() - r0
                     calls.pop("info", None)
                     out[f"{name} {system}"] = {
-                        "pg_transactions": round((pg_xacts() - x0 - 1) / n, 2),
+                        "pg_transactions": round((pg_xacts() - x0) / n, 2),
                         "redis_commands": round(sum(calls.values()) / n, 1),
                         "redis_by_command": {k: round(v / n, 2) for k, v in calls.most_common()},
                     }
