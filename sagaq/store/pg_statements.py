@@ -46,8 +46,12 @@ WITH created AS (
 SELECT id FROM created
 """
 
+# A claim need not be durable: it commits with synchronous_commit off, set for its own
+# (autocommit) transaction only, so the session - or a PgBouncer server connection - keeps it on.
 CLAIM = f"""
-WITH old AS (
+WITH not_durable AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), old AS (
     SELECT status = '{T.RUNNING}' AND resume_token = %(token)s AS resumed
     FROM saga_step WHERE saga_id = %(sid)s AND name = %(step)s
     FOR UPDATE
@@ -77,6 +81,7 @@ WITH old AS (
 SELECT c.attempts, (SELECT resumed FROM old) AS resumed, s.input, s.headers,
        st.name, st.status, st.result, st.data
 FROM claimed c
+CROSS JOIN not_durable
 JOIN saga s ON s.id = %(sid)s
 LEFT JOIN saga_step st ON st.saga_id = s.id AND st.name = ANY(%(wanted)s::text[])
 ORDER BY st.position

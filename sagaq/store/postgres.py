@@ -1,9 +1,10 @@
 """PostgreSQL's fast path: the statements every saga runs (start, claim, completion) are one
 statement each - the history row and the saga's finish ride in the same statement as
 data-modifying CTEs - sent as prepared statements on psycopg connections in autocommit, without
-SQLAlchemy's per-call machinery. Claims are not durable writes (synchronous_commit off): a claim
-lost in a database crash only means the redelivered task claims again, and a later durable
-commit (the completion) flushes the WAL that holds it anyway.
+SQLAlchemy's per-call machinery. Claims are not durable writes (the claim statement turns
+synchronous_commit off for its own transaction): a claim lost in a database crash only means the
+redelivered task claims again, and a later durable commit (the completion) flushes the WAL that
+holds it anyway.
 
 Every condition here is the same as in the portable path (store.py), which SQLite runs and the
 deterministic simulation checks; tests/integration/test_store.py runs both."""
@@ -63,34 +64,24 @@ class PostgresStore(SagaStore):
     """SagaStore on PostgreSQL (`SagaStore(url)` picks it for a postgresql:// URL)."""
 
     _fast: Engine | None = None
-    _async: Engine | None = None
 
-    def _pools(self) -> tuple[Engine, Engine]:
-        """Autocommit pools: one for durable single statements, one for claims that need not
-        be durable (synchronous_commit off).
-
-        Both plan their prepared statements once (plan_cache_mode = force_generic_plan): every
-        one finds its rows by primary key, but with a million sagas in the table PostgreSQL's
-        cost estimates made it re-plan the claim on every execution, which doubled its time."""
-        if self._fast is None or self._async is None:
+    def _pool(self) -> Engine:
+        """The autocommit pool of the hot path. Its connections plan each prepared statement
+        once (plan_cache_mode = force_generic_plan): every one finds its rows by primary key,
+        but with a million sagas in the table PostgreSQL's cost estimates made it re-plan the
+        claim on every execution, which doubled its time."""
+        if self._fast is None:
             self.engine  # creates the tables on first use  # noqa: B018
             fast = make_engine(self.url, autocommit=True)
-            lazy = make_engine(self.url, autocommit=True)
 
             @event.listens_for(fast, "connect")
             def _plan_once(dbapi_conn: Any, record: Any) -> None:
                 dbapi_conn.execute("SET plan_cache_mode = force_generic_plan")
 
-            @event.listens_for(lazy, "connect")
-            def _plan_once_no_flush(dbapi_conn: Any, record: Any) -> None:
-                dbapi_conn.execute(
-                    "SET plan_cache_mode = force_generic_plan; SET synchronous_commit = off"
-                )
-
-            for pool in (fast, lazy):  # a forked pool process opens its own connections
-                os.register_at_fork(after_in_child=partial(forget_connections, weakref.ref(pool)))
-            self._fast, self._async = fast, lazy
-        return self._fast, self._async
+            # A forked pool process opens its own connections.
+            os.register_at_fork(after_in_child=partial(forget_connections, weakref.ref(fast)))
+            self._fast = fast
+        return self._fast
 
     @cached_property
     def _listener(self) -> FinishListener:
@@ -105,18 +96,16 @@ class PostgresStore(SagaStore):
         conn.execute(select(func.pg_notify(CHANNEL, saga_id)))
 
     def dispose(self) -> None:
-        for pool in (self._fast, self._async):
-            if pool is not None:
-                pool.dispose()
+        if self._fast is not None:
+            self._fast.dispose()
         super().dispose()
 
     @contextmanager
-    def _raw(self, durable: bool = True) -> Iterator[psycopg.Connection[Any]]:
+    def _raw(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled psycopg connection, checked out of the pool itself (without SQLAlchemy's
         Connection around it: the hot path sends its own statements)."""
-        fast, lazy = self._pools()
         try:
-            pooled = (fast if durable else lazy).pool.connect()
+            pooled = self._pool().pool.connect()
         except OperationalError as exc:
             raise self._unavailable(exc) from exc
         except psycopg.OperationalError as exc:
@@ -226,7 +215,7 @@ class PostgresStore(SagaStore):
             "wanted": sorted({*wanted, *deps}),
             "worker": worker or self.worker,
         }
-        with self._raw(durable=False) as conn:
+        with self._raw() as conn:
             rows = [_ClaimRow._make(r) for r in conn.execute(CLAIM, params, prepare=True)]
         if not rows:
             with self._begin() as c:

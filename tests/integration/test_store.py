@@ -192,6 +192,19 @@ def test_only_one_caller_starts_compensation(store: SagaStore) -> None:
     assert record.step("c").status == StepStatus.SKIPPED  # never starts now
 
 
+def test_a_claim_is_not_durable_but_leaves_its_connection_durable(tmp_path: Path) -> None:
+    # The claim turns synchronous_commit off for its own transaction only: a completion that
+    # follows on the same connection (or, behind PgBouncer, anyone's) still waits for the WAL.
+    require(PG_URL)
+    with pg_schema_url() as url:
+        store = SagaStore(url)
+        saga_id = new_saga(store)
+        claim(store, saga_id, "a")
+        with store._raw() as conn:  # type: ignore[attr-defined]  # the PostgreSQL fast path
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        store.dispose()
+
+
 def test_the_errback_shortcut_begins_only_once_its_step_failed(store: SagaStore) -> None:
     # The errback's one-transaction path (only_if_failed) must leave a saga whose step is
     # still running (a lost attempt, a hard time limit) untouched for the slower path.
