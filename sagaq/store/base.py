@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -21,21 +21,6 @@ from sagaq.store.connect import first_line, forget_connections, make_engine
 from sagaq.store.schema import metadata, saga, saga_event, saga_step
 
 Clock = Callable[[], float]
-
-# SQLite lets one writer in at a time, and sagaq begins every transaction IMMEDIATE: the threads
-# of a process (the embedded worker's, the client's) queue on one lock per database file rather
-# than in SQLite's busy handler, which sleeps up to 100 ms between tries once several wait.
-_sqlite_writers: dict[str, threading.RLock] = {}
-_sqlite_writers_lock = threading.Lock()
-
-
-def _one_writer(url: str) -> AbstractContextManager[Any]:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return nullcontext()
-    path = os.path.abspath(parsed.database or "")
-    with _sqlite_writers_lock:
-        return _sqlite_writers.setdefault(path, threading.RLock())
 
 
 class StoreBase:
@@ -51,7 +36,6 @@ class StoreBase:
         self.worker: str | None = None
         self._lock = threading.Lock()
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"  # a bad URL fails here
-        self._writer = _one_writer(url)
 
     def __repr__(self) -> str:
         return f"SagaStore({self.safe_url})"
@@ -102,7 +86,7 @@ class StoreBase:
     def _begin(self) -> Iterator[Connection]:
         """One transaction. A database that is down becomes StoreUnavailableError."""
         try:
-            with self._writer, self.engine.begin() as conn:
+            with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
             raise self._unavailable(exc) from exc
