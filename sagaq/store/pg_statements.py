@@ -46,6 +46,13 @@ WITH created AS (
 SELECT id FROM created
 """
 
+# What a claim returns besides its own columns: the saga's input and headers, and the rows of
+# the steps it wants (its ancestors' results and data), as the portable step_inputs() reads them.
+_WITH_INPUTS = """JOIN saga s ON s.id = %(sid)s
+LEFT JOIN saga_step st ON st.saga_id = s.id AND st.name = ANY(%(wanted)s::text[])
+ORDER BY st.position
+"""
+
 # A claim need not be durable: it commits with synchronous_commit off, set for its own
 # (autocommit) transaction only, so the session - or a PgBouncer server connection - keeps it on.
 CLAIM = f"""
@@ -82,10 +89,7 @@ SELECT c.attempts, (SELECT resumed FROM old) AS resumed, s.input, s.headers,
        st.name, st.status, st.result, st.data
 FROM claimed c
 CROSS JOIN not_durable
-JOIN saga s ON s.id = %(sid)s
-LEFT JOIN saga_step st ON st.saga_id = s.id AND st.name = ANY(%(wanted)s::text[])
-ORDER BY st.position
-"""
+{_WITH_INPUTS}"""
 
 COMPLETE = f"""
 WITH done AS (
@@ -156,10 +160,7 @@ WITH claimed AS (
 SELECT c.compensation_attempts AS attempts, c.result AS undo_result, s.input, s.headers,
        st.name, st.status, st.result, st.data
 FROM claimed c
-JOIN saga s ON s.id = %(sid)s
-LEFT JOIN saga_step st ON st.saga_id = s.id AND st.name = ANY(%(wanted)s::text[])
-ORDER BY st.position
-"""
+{_WITH_INPUTS}"""
 
 COMPLETE_UNDO = f"""
 WITH done AS (

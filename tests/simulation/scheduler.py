@@ -88,17 +88,21 @@ class Sim:
     def __post_init__(self) -> None:
         self.main = greenlet.getcurrent()
         self.heartbeats = SimHeartbeats(self.store)
-        self.rt = Runtime(
+        self.rt = self.runtime("sim")
+        self.tasks: dict[str, tuple[Saga, str, bool]] = {}
+
+    def runtime(self, hostname: str) -> Runtime:
+        """A worker process's Runtime on the simulated broker, clock and heartbeats."""
+        return Runtime(
             self.app,
             self.store,
             EventBus(),
             self.sagas,
             send=self.publish,
             heartbeat=HEARTBEAT,
-            hostname="sim",
+            hostname=hostname,
             heartbeats=self.heartbeats,  # type: ignore[arg-type]
         )
-        self.tasks: dict[str, tuple[Saga, str, bool]] = {}
 
     def register(self, saga: Saga) -> None:
         """What SagaQ.register does for the worker: one task per step and compensation."""
@@ -429,16 +433,7 @@ class Sim:
     def fault_sweep(self, ready: list[Message]) -> bool:
         self.act("sweep", self.sweep)
         if self.rng.random() < 0.3:  # a second sweeper, from another process, at once
-            other = Runtime(
-                self.app,
-                self.store,
-                EventBus(),
-                self.sagas,
-                send=self.publish,
-                heartbeat=HEARTBEAT,
-                hostname="sim2",
-                heartbeats=self.heartbeats,  # type: ignore[arg-type]
-            )
+            other = self.runtime("sim2")
             self.act("sweep (second sweeper)", lambda: self.sweep(other))
         return True
 
