@@ -39,6 +39,7 @@ RAW_STEP = "bench_raw.step"
 RAW_ERRBACK = "bench_raw.errback"
 RAW_DURABLE_STEP = "bench_raw.durable_step"
 FLOOR_TABLE = "bench_floor"
+UNDO_STEPS = 100  # the floor's rows for the errback (100) and the compensations (100 + step)
 
 
 class BenchTimeoutError(RuntimeError):
@@ -258,16 +259,27 @@ def install_raw_tasks(app: Celery, sink: DoneSink, floor: FloorWriter | None = N
     if floor is not None:
 
         @app.task(name=RAW_DURABLE_STEP, shared=False)
-        def durable_step(*, key: str, step: int, done: bool = False) -> None:
-            floor.upsert(key, step)
+        def durable_step(*, key: str, step: int, fail: bool = False, done: bool = False) -> None:
+            floor.upsert(key, step)  # a failure is recorded too, as sagaq records it
+            if fail:
+                raise RuntimeError(f"injected failure in {key}")
             if done:
                 sink.push(key)
 
     @app.task(name=RAW_ERRBACK, ignore_result=True, shared=False)
-    def errback(*, key: str, failed: int) -> None:
+    def errback(*, key: str, failed: int, durable: bool = False) -> None:
         # Like sagaq's errback: enqueue the compensations of the steps before the failed one,
-        # in reverse order; the last one signals completion.
-        undo = [_sig(app, RAW_STEP, key=key, done=j == 1) for j in range(failed - 1, 0, -1)]
+        # in reverse order; the last one signals completion. `durable` (the floor): this task
+        # and each compensation commit one upsert too.
+        if durable:
+            assert floor is not None
+            floor.upsert(key, UNDO_STEPS)
+            undo = [
+                _sig(app, RAW_DURABLE_STEP, key=key, step=UNDO_STEPS + j, done=j == 1)
+                for j in range(failed - 1, 0, -1)
+            ]
+        else:
+            undo = [_sig(app, RAW_STEP, key=key, done=j == 1) for j in range(failed - 1, 0, -1)]
         if undo:
             chain(*undo).apply_async()
         else:
@@ -287,13 +299,12 @@ def raw_line(
     `durable`: each task commits one PostgreSQL upsert (the floor, see FloorWriter)."""
     sigs = []
     for i in range(1, length + 1):
-        if durable:
-            sig = _sig(app, RAW_DURABLE_STEP, key=key, step=i, done=i == length)
-        else:
-            sig = _sig(app, RAW_STEP, key=key, fail=i == fail_at, done=i == length)
+        task = RAW_DURABLE_STEP if durable else RAW_STEP
+        steps = {"step": i} if durable else {}
+        sig = _sig(app, task, key=key, fail=i == fail_at, done=i == length, **steps)
         if ignore_result:
             sig.set(ignore_result=True)
-        sig.on_error(_sig(app, RAW_ERRBACK, key=key, failed=i))
+        sig.on_error(_sig(app, RAW_ERRBACK, key=key, failed=i, durable=durable))
         sigs.append(sig)
     return sigs[0] if length == 1 else chain(*sigs)
 
@@ -354,9 +365,9 @@ class Bench:
 
     def submit_floor(self, shape: Shape) -> str:
         """The raw chain with one durable PostgreSQL write per task (lines only)."""
-        assert not shape.fan and shape.fail_at is None, "the floor is measured for W1"
+        assert not shape.fan, "the floor is measured for lines (W1, W2)"
         key = str(uuid.uuid4())
-        raw_line(self.app, key, shape.length, durable=True).apply_async()
+        raw_line(self.app, key, shape.length, shape.fail_at, durable=True).apply_async()
         return key
 
     def submitter(self, system: str) -> Callable[[Shape], str]:

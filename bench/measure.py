@@ -132,7 +132,7 @@ def warmup(bench: Bench, n: int, shapes: Sequence[Shape], timeout: float = 60.0)
     """Run every shape, `n` at once, on both systems, so that every pool process has its
     connections open and its code paths imported before anything is timed."""
     for shape in shapes:
-        floor = bench.has_floor and not shape.fan and shape.fail_at is None
+        floor = bench.has_floor and not shape.fan
         for system in (*SYSTEMS, "floor") if floor else SYSTEMS:
             submit = bench.submitter(system)
             keys = [submit(shape) for _ in range(n)]

@@ -365,11 +365,13 @@ class Runner:
                 if "W1" in only:
                     self.throughput_rows(section, bench, order, "W1", W1, c.throughput, True)
                     if bench.has_floor:
-                        self.floor_rows(section, bench, c.throughput)
+                        self.floor_rows(section, bench, "W1", W1, c.throughput)
                     self.latency_rows(section, bench, order, "W1", W1, c.latency, p99=True)
                     self.caller_row(section, bench, order)
                 if "W2" in only:
                     self.throughput_rows(section, bench, order, "W2", W2, c.throughput, False)
+                    if bench.has_floor:
+                        self.floor_rows(section, bench, "W2", W2, c.throughput)
                     self.latency_rows(section, bench, order, "W2", W2, c.latency, p99=True)
                 if "W3" in only:
                     self.throughput_rows(section, bench, order, "W3", W3, c.throughput, False)
@@ -447,25 +449,29 @@ class Runner:
                     f"other jobs {cpu['other'] / max(cpu['wall'], 1e-9):.2f} cores)"
                 )
 
-    def floor_rows(self, section: Section, bench: Bench, n: int) -> None:
-        """The floor, in the same repeat: raw Celery's W1 chain whose every task also commits
-        one PostgreSQL upsert. No durable executor's W1 can beat it on this machine."""
-        got, _ = self.measured_throughput(bench, "floor", W1, n, f"{section.key} W1 floor")
+    def floor_rows(self, section: Section, bench: Bench, name: str, shape: Shape, n: int) -> None:
+        """The floor, in the same repeat: raw Celery's chain (and, for W2, its errback and
+        compensations) whose every task also commits one PostgreSQL upsert. No durable
+        executor can beat it on this machine."""
+        got, _ = self.measured_throughput(bench, "floor", shape, n, f"{section.key} {name} floor")
         floor = got.per_s if got else math.nan
-        sagaq = section.get("W1.throughput").a[-1]
-        raw = section.get("W1.throughput").b[-1]
+        sagaq = section.get(f"{name}.throughput").a[-1]
+        raw = section.get(f"{name}.throughput").b[-1]
         vs_raw = section.row(
-            "W1.floor",
-            f"W1 the floor: raw chain + 1 durable PostgreSQL upsert per task ({n} at once), vs raw",
+            f"{name}.floor",
+            f"{name} the floor: raw Celery + 1 durable PostgreSQL upsert per task ({n} at once), "
+            "vs raw",
             "sagas/s",
         )
         vs_raw.a.append(floor)
         vs_raw.b.append(raw)
-        vs_floor = section.row("W1.vs_floor", "W1 throughput: sagaq vs the floor", "sagas/s")
+        vs_floor = section.row(
+            f"{name}.vs_floor", f"{name} throughput: sagaq vs the floor", "sagas/s"
+        )
         vs_floor.a.append(sagaq)
         vs_floor.b.append(floor)
         if got:
-            self.log(f"  W1 floor: {floor:7.1f}/s")
+            self.log(f"  {name} floor: {floor:7.1f}/s")
 
     def latency_rows(
         self,

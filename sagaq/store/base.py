@@ -66,9 +66,13 @@ class StoreBase:
                 if not self.is_sqlite:  # several workers may start at once
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7400111)")
                 metadata.create_all(conn, checkfirst=True)
+                self._create_functions(conn)
         except OperationalError as exc:
             engine.dispose()
             raise self._unavailable(exc) from exc
+
+    def _create_functions(self, conn: Connection) -> None:
+        """The database's own functions the store calls, if it has any (PostgreSQL)."""
 
     def create_tables(self) -> None:
         self._create_all(self.engine)

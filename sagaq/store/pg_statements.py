@@ -5,7 +5,8 @@ transition table (sagaq.status)."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 from sagaq.status import (
     SAGA_ACTIVE,
@@ -131,11 +132,7 @@ _UNSETTLED = f"""(d.status IN {_in(STEP_BLOCKS_COMPENSATED)}
           OR (d.undoable AND (d.status = '{T.COMPLETED}'
                               OR (d.status = '{T.FAILED}' AND d.applied))))"""
 
-# Sent after LOCK in the same transaction (pipelined: one round trip), so that its snapshot
-# sees whatever the previous holder of the saga's lock committed.
-LOCK = "SELECT status FROM saga WHERE id = %(sid)s FOR UPDATE"
-
-CLAIM_UNDO = f"""
+_CLAIM_UNDO = f"""
 WITH claimed AS (
     UPDATE saga_step SET
         status = '{T.COMPENSATING}',
@@ -162,7 +159,7 @@ SELECT c.compensation_attempts AS attempts, c.result AS undo_result, s.input, s.
 FROM claimed c
 {_WITH_INPUTS}"""
 
-COMPLETE_UNDO = f"""
+_COMPLETE_UNDO = f"""
 WITH done AS (
     UPDATE saga_step SET status = '{T.COMPENSATED}', compensated_at = %(now)s
     WHERE saga_id = %(sid)s AND name = %(step)s AND status = '{T.COMPENSATING}'
@@ -189,6 +186,73 @@ SELECT (SELECT count(*) FROM done),
        (SELECT count(pg_notify('{CHANNEL}', %(sid)s)) FROM finished)
 """
 
+
+class Function(NamedTuple):
+    """A function the store installs in the database."""
+
+    name: str
+    source: str  # its body, as pg_proc.prosrc holds it
+    ddl: str
+
+
+def _locked(name: str, args: dict[str, str], returns: str, statement: str) -> tuple[Function, str]:
+    """`statement` as a PL/pgSQL function that takes the saga's row lock first: in READ
+    COMMITTED each statement inside a function takes a fresh snapshot, so the statement sees
+    whatever the previous holder of the lock committed (two last compensations finishing at once
+    cannot each miss the other), in one round trip and one autocommit transaction. Returns the
+    function and the statement that calls it; its arguments are the statement's parameters,
+    `%(x)s` becoming `p_x`, cast to `args`' types."""
+    body = re.sub(r"%\((\w+)\)s", r"p_\1", statement)
+    source = f"""
+#variable_conflict use_column
+BEGIN
+    PERFORM 1 FROM saga WHERE id = p_sid FOR UPDATE;
+    RETURN QUERY {body};
+END
+"""
+    signature = ", ".join(f"p_{arg} {type_}" for arg, type_ in args.items())
+    ddl = (
+        f"CREATE OR REPLACE FUNCTION {name}({signature}) RETURNS TABLE ({returns})\n"
+        f"LANGUAGE plpgsql AS $fn${source}$fn$"
+    )
+    call = ", ".join(f"%({arg})s::{type_}" for arg, type_ in args.items())
+    return Function(name, source, ddl), f"SELECT * FROM {name}({call})"
+
+
+_CLAIM_UNDO_FN, CLAIM_UNDO = _locked(
+    "sagaq_claim_compensation",
+    {
+        "sid": "text",
+        "step": "text",
+        "token": "text",
+        "task_id": "text",
+        "now": "float8",
+        "expired": "float8",
+        "dependents": "text[]",
+        "wanted": "text[]",
+        "worker": "text",
+    },
+    "attempts integer, undo_result jsonb, input jsonb, headers jsonb, name varchar, "
+    "status varchar, result jsonb, data jsonb",
+    _CLAIM_UNDO,
+)
+_COMPLETE_UNDO_FN, COMPLETE_UNDO = _locked(
+    "sagaq_complete_compensation",
+    {
+        "sid": "text",
+        "step": "text",
+        "attempt": "integer",
+        "now": "float8",
+        "duration": "float8",
+        "worker": "text",
+    },
+    "done bigint, finished bigint",
+    _COMPLETE_UNDO,
+)
+# Installed by migration 0005 (`sagaq db upgrade`), and by the store where missing or different
+# (PostgresStore). A change to a function's body or signature needs a migration that installs it
+# again (a worker whose role may not create functions relies on it).
+FUNCTIONS = (_CLAIM_UNDO_FN, _COMPLETE_UNDO_FN)
 
 # begin_compensation: the same transaction as the portable one (compensation.py).
 BEGIN_UNDO = f"""

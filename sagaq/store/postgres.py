@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, Engine, event, func, select
+from sqlalchemy import Connection, Engine, event, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -45,9 +45,9 @@ from sagaq.store.pg_statements import (
     COMPLETE_UNDO,
     CREATE,
     FAIL,
+    FUNCTIONS,
     GET_SAGA,
     GET_STEPS,
-    LOCK,
     LOG_BEGIN,
     RECORD_CAUSE,
     SAGA_STATUS,
@@ -82,6 +82,21 @@ class PostgresStore(SagaStore):
             os.register_at_fork(after_in_child=partial(forget_connections, weakref.ref(fast)))
             self._fast = fast
         return self._fast
+
+    def _create_functions(self, conn: Connection) -> None:
+        """Installs the functions that are missing or differ: a worker whose role may only read
+        and write rows starts on a database `sagaq db upgrade` brought up to date."""
+        found = conn.execute(
+            text(
+                "SELECT proname, prosrc FROM pg_proc WHERE proname = ANY(:names) "
+                "AND pronamespace = current_schema()::regnamespace"
+            ),
+            {"names": [f.name for f in FUNCTIONS]},
+        )
+        installed = {name: source for name, source in found}
+        for function in FUNCTIONS:
+            if installed.get(function.name) != function.source:
+                conn.exec_driver_sql(function.ddl)
 
     @cached_property
     def _listener(self) -> FinishListener:
@@ -266,7 +281,8 @@ class PostgresStore(SagaStore):
         worker: str | None = None,
     ) -> StepClaim:
         """The common case (the step may stand, nothing depending on it is unsettled) in one
-        round trip; anything else (wait, write-off, nothing to undo) takes the portable path."""
+        round trip: a function that takes the saga's lock first (pg_statements._locked).
+        Anything else (wait, write-off, nothing to undo) takes the portable path."""
         now = self.clock()
         params = {
             "sid": saga_id,
@@ -279,10 +295,8 @@ class PostgresStore(SagaStore):
             "wanted": sorted({*wanted, step}),
             "worker": worker or self.worker,
         }
-        with self._raw() as conn, conn.pipeline(), conn.transaction():
-            conn.execute(LOCK, params, prepare=True)
-            cur = conn.execute(CLAIM_UNDO, params, prepare=True)
-        rows = [_UndoRow._make(r) for r in cur]
+        with self._raw() as conn:
+            rows = [_UndoRow._make(r) for r in conn.execute(CLAIM_UNDO, params, prepare=True)]
         if not rows:
             return super().claim_compensation(
                 saga_id,
@@ -307,10 +321,8 @@ class PostgresStore(SagaStore):
             "duration": duration_ms,
             "worker": self.worker,
         }
-        with self._raw() as conn, conn.pipeline(), conn.transaction():
-            conn.execute(LOCK, params, prepare=True)
-            cur = conn.execute(COMPLETE_UNDO, params, prepare=True)
-        row = cur.fetchone()
+        with self._raw() as conn:
+            row = conn.execute(COMPLETE_UNDO, params, prepare=True).fetchone()
         assert row is not None
         return row[0] == 1, row[1] == 1
 

@@ -87,17 +87,21 @@ class SagaStore(StartTransitions):
                 saga_step.c.name.in_(list(deps)),
                 saga_step.c.status.not_in(STEP_DONE),
             )
-            mine = conn.execute(
-                update(saga_step)
-                .where(
-                    step_key(saga_id, step),
-                    saga_step.c.status == T.RUNNING,
-                    saga_step.c.resume_token == token,
-                    saga_ok,
-                )
-                .values(heartbeat_at=now, resume_token=None)
-                .returning(saga_step.c.attempts)
-            ).first()
+            # A resume token is always a retry's (Delivery.next_token, "#1" or more): a first
+            # delivery cannot resume anything, which spares the statement on the common path.
+            mine = None
+            if not token.endswith("#0"):
+                mine = conn.execute(
+                    update(saga_step)
+                    .where(
+                        step_key(saga_id, step),
+                        saga_step.c.status == T.RUNNING,
+                        saga_step.c.resume_token == token,
+                        saga_ok,
+                    )
+                    .values(heartbeat_at=now, resume_token=None)
+                    .returning(saga_step.c.attempts)
+                ).first()
             if mine is not None:
                 rows = conn.execute(step_inputs(saga_id, {*wanted, *deps})).all()
                 return run_claim(rows, deps, mine.attempts, resumed=True)

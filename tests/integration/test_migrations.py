@@ -5,6 +5,7 @@ When schema.py gains a column or an index, these tests fail until a migration ad
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, MetaData, String, inspect
+from sqlalchemy import Column, MetaData, String, create_engine, inspect, text
+from sqlalchemy.engine import make_url
 
 from sagaq.store import SagaStore
 from sagaq.store.migrate import alembic_config, head, upgrade
 from sagaq.store.schema import metadata
+from tests.drive import claim_undo, complete, fail
 from tests.harness import PG_URL, pg_schema_url, require
 
 TABLES = {"saga", "saga_step", "saga_event"}
@@ -114,6 +117,66 @@ def test_a_migrated_database_serves_the_store(empty_url: str) -> None:
 
     assert created
     assert record is not None and [s.name for s in record.steps] == ["a", "b"]
+
+
+def compensate_one(store: SagaStore) -> Any:
+    """A saga whose step b fails after a completed, driven through the store; its record."""
+    saga_id, _ = store.create_saga(
+        str(uuid.uuid4()), "order", {"order_id": "o-2"}, ["a", "b"], undoable=["a"]
+    )
+    complete(store, saga_id, "a", "A")
+    fail(store, saga_id, "b", "declined", deps=["a"])
+    assert store.begin_compensation(saga_id, cause="failure", failed_step="b").steps == ["a"]
+    store.complete_compensation(saga_id, "a", claim_undo(store, saga_id, "a"))
+    return store.get(saga_id)
+
+
+def test_a_migrated_database_compensates_with_nothing_created_by_the_store(
+    empty_url: str,
+) -> None:
+    # A managed deployment: the schema comes from `sagaq db upgrade` only (on PostgreSQL that
+    # includes the functions the compensation path calls).
+    upgrade(empty_url)
+    store = SagaStore(empty_url, create_tables=False)
+    try:
+        record = compensate_one(store)
+    finally:
+        store.dispose()
+
+    assert record is not None and record.status == "COMPENSATED"
+    assert record.step("a").status == "COMPENSATED"
+
+
+def test_a_worker_whose_role_may_only_write_rows_runs_on_a_migrated_database() -> None:
+    # Workers often run as a role without DDL rights; the store must not try to (re)create what
+    # `sagaq db upgrade` already installed.
+    require(PG_URL)
+    role = f"sagaq_rows_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with pg_schema_url() as url:
+        upgrade(url)
+        store = SagaStore(url, create_tables=False)
+        try:
+            with store.engine.begin() as conn:
+                schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+                conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+                conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {role}"))
+                rows = "SELECT, INSERT, UPDATE, DELETE"
+                conn.execute(text(f"GRANT {rows} ON ALL TABLES IN SCHEMA {schema} TO {role}"))
+                conn.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"))
+            worker = SagaStore(make_url(url).set(username=role).render_as_string(False))
+            try:
+                record = compensate_one(worker)  # creates the tables "if missing" first
+            finally:
+                worker.dispose()
+        finally:
+            store.dispose()
+            with admin.begin() as conn:
+                conn.execute(text(f"DROP OWNED BY {role}"))
+                conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+            admin.dispose()
+
+    assert record is not None and record.status == "COMPENSATED"
 
 
 def test_downgrade_to_base_removes_every_table(empty_url: str) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -24,6 +25,7 @@ from tests.drive import LEASE, claim, claim_undo, complete, fail
 from tests.harness import PG_URL, pg_schema_url, require
 
 STEPS = ["a", "b", "c"]  # a -> b -> c
+T_ = TypeVar("T_")
 
 
 class Clock:
@@ -190,6 +192,45 @@ def test_only_one_caller_starts_compensation(store: SagaStore) -> None:
     assert record is not None
     assert (record.status, record.failed_step, record.cause) == ("COMPENSATING", "b", "failure")
     assert record.step("c").status == StepStatus.SKIPPED  # never starts now
+
+
+def test_the_last_two_compensations_ending_at_once_finish_the_saga(store: SagaStore) -> None:
+    # Each completion checks whether another step is still to be undone. Run at the same moment
+    # without the saga's lock, each could see the other still COMPENSATING and neither would
+    # finish the saga: it would stay COMPENSATING with nothing left to do.
+    for _ in range(20):
+        saga_id = new_saga(store)
+        complete(store, saga_id, "a", "A")
+        complete(store, saga_id, "b", "B")  # a and b are independent here; c never starts
+        store.begin_compensation(saga_id, cause="cancel", reason="cancelled")
+        attempts = {step: claim_undo(store, saga_id, step) for step in ("a", "b")}
+
+        ended = at_once(
+            lambda step, sid=saga_id, tried=attempts: store.complete_compensation(
+                sid, step, tried[step]
+            ),
+            list(attempts),
+        )
+
+        assert sorted(ended) == [(True, False), (True, True)]  # exactly one finished it
+        assert status(store, saga_id) == SagaStatus.COMPENSATED
+
+
+def at_once(call: Callable[[str], T_], args: list[str]) -> list[T_]:
+    """call(arg) for every arg, each in its own thread, released together."""
+    together = threading.Barrier(len(args))
+    results: list[T_] = []
+
+    def run(arg: str) -> None:
+        together.wait()
+        results.append(call(arg))
+
+    threads = [threading.Thread(target=run, args=(arg,)) for arg in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def test_a_claim_is_not_durable_but_leaves_its_connection_durable(tmp_path: Path) -> None:
