@@ -12,13 +12,13 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, select
+from sqlalchemy import Connection, Engine, and_, bindparam, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from sagaq.errors import StoreUnavailableError
 from sagaq.store.connect import first_line, forget_connections, make_engine
-from sagaq.store.schema import metadata, saga, saga_event, saga_step
+from sagaq.store.schema import metadata, saga_event, saga_step
 
 Clock = Callable[[], float]
 
@@ -63,16 +63,14 @@ class StoreBase:
     def _create_all(self, engine: Engine) -> None:
         try:
             with engine.begin() as conn:
-                if not self.is_sqlite:  # several workers may start at once
-                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7400111)")
-                metadata.create_all(conn, checkfirst=True)
-                self._create_functions(conn)
+                self._create_schema(conn)
         except OperationalError as exc:
             engine.dispose()
             raise self._unavailable(exc) from exc
 
-    def _create_functions(self, conn: Connection) -> None:
-        """The database's own functions the store calls, if it has any (PostgreSQL)."""
+    def _create_schema(self, conn: Connection) -> None:
+        """The tables that are missing (PostgresStore adds its functions)."""
+        metadata.create_all(conn, checkfirst=True)
 
     def create_tables(self) -> None:
         self._create_all(self.engine)
@@ -105,22 +103,30 @@ class StoreBase:
         """The saga became terminal in this transaction: tell the waiters (at commit)."""
 
     def _lock_saga(self, conn: Connection, saga_id: str) -> None:
-        """PostgreSQL: take the saga's row lock first, so that transactions which may finish
-        the saga run one after the other and each sees what the previous one committed
-        (in READ COMMITTED every statement takes a fresh snapshot). SQLite runs writers one at
-        a time already."""
-        if not self.is_sqlite:
-            conn.execute(select(saga.c.id).where(saga.c.id == saga_id).with_for_update())
+        """Transactions that may finish the saga take its lock first, so that they run one
+        after the other and each sees what the previous one committed. SQLite runs writers
+        one at a time already; PostgresStore takes the saga's row lock."""
 
     def _event(self, conn: Connection, saga_id: str, kind: str, now: float, **fields: Any) -> None:
         """Append one history row, inside the transaction of the change it records."""
         if kind in ("step", "compensation", "attempt"):
             fields.setdefault("worker", self.worker)
-        conn.execute(insert(saga_event).values(saga_id=saga_id, kind=kind, at=now, **fields))
+        conn.execute(
+            _ADD_EVENT, _NO_EVENT_FIELDS | fields | {"saga_id": saga_id, "kind": kind, "at": now}
+        )
 
 
-def step_key(saga_id: str, step: str) -> Any:
+# Built once, every column bound: one compiled statement whatever the event's fields.
+_ADD_EVENT = insert(saga_event)
+_NO_EVENT_FIELDS = {c.name: None for c in saga_event.columns if not c.primary_key}
+
+
+def step_key(saga_id: Any, step: Any) -> Any:
     return and_(saga_step.c.saga_id == saga_id, saga_step.c.name == step)
+
+
+# step_key for statements built once: the values are bound as `sid` and `step`.
+STEP_KEY = step_key(bindparam("sid"), bindparam("step"))
 
 
 def task_of(token: str) -> str:

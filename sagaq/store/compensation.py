@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, or_, select, true, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, true, update
 
 from sagaq.status import (
     SAGA_ACTIVE,
@@ -20,8 +20,8 @@ from sagaq.status import (
     saga_move,
     step_move,
 )
-from sagaq.store.base import step_key, task_of
-from sagaq.store.reads import StoreReads, step_inputs
+from sagaq.store.base import STEP_KEY, step_key, task_of
+from sagaq.store.reads import STEP_INPUTS, StoreReads
 from sagaq.store.records import Claim, StepClaim, run_claim
 from sagaq.store.schema import saga, saga_event, saga_step
 
@@ -67,6 +67,51 @@ def _first_reason(saga_id: str) -> Any:
         .limit(1)
         .scalar_subquery()
     )
+
+
+# -- the statements of the compensation path, built once (a call binds its values) ----------
+
+_SAGA_STATUS = select(saga.c.status).where(saga.c.id == bindparam("sid"))
+_STEP_ROW = select(saga_step).where(STEP_KEY)
+_UNSETTLED_DEPENDENT = select(saga_step.c.name).where(
+    saga_step.c.saga_id == bindparam("sid"),
+    saga_step.c.name.in_(bindparam("dependents", expanding=True)),
+    _unsettled(),
+)
+_CLAIM_UNDO = (
+    update(saga_step)
+    .where(STEP_KEY, saga_step.c.status.in_(_UNDOING))
+    .values(
+        status=T.COMPENSATING,
+        compensation_attempts=saga_step.c.compensation_attempts + 1,
+        compensation_started_at=func.coalesce(
+            saga_step.c.compensation_started_at, bindparam("now")
+        ),
+        heartbeat_at=bindparam("now"),
+        task_id=bindparam("claimer"),
+        resume_token=None,
+    )
+    .returning(saga_step.c.compensation_attempts, saga_step.c.result)
+)
+_UNDONE_STEP = (
+    update(saga_step)
+    .where(
+        STEP_KEY,
+        saga_step.c.status.in_(_UNDONE),
+        saga_step.c.compensation_attempts == bindparam("attempt"),
+    )
+    .values(status=T.COMPENSATED, compensated_at=bindparam("now"))
+)
+_FINISH_UNDO = (
+    update(saga)
+    .where(
+        saga.c.id == bindparam("sid"),
+        saga.c.status.in_(_COMPENSATED),
+        ~exists().where(saga_step.c.saga_id == bindparam("sid"), _unsettled()),
+    )
+    .values(status=S.COMPENSATED, updated_at=bindparam("now"), finished_at=bindparam("now"))
+    .returning(saga.c.created_at)
+)
 
 
 @dataclass(frozen=True)
@@ -211,10 +256,17 @@ class CompensationTransitions(StoreReads):
         Otherwise WAIT (something must finish first), DONE (nothing to undo, or already
         undone: the saga may be finished here), HALT (the saga FAILED) or STOP."""
         now = self.clock()
+        params = {
+            "sid": saga_id,
+            "step": step,
+            "now": now,
+            "dependents": list(dependents),
+            "claimer": task_of(token),
+        }
         with self._begin() as conn:
             self._lock_saga(conn, saga_id)
-            head = conn.execute(select(saga.c.status).where(saga.c.id == saga_id)).first()
-            row = conn.execute(select(saga_step).where(step_key(saga_id, step))).first()
+            head = conn.execute(_SAGA_STATUS, params).first()
+            row = conn.execute(_STEP_ROW, params).first()
             if head is None or row is None:
                 return StepClaim(Claim.STOP)
             if head.status == S.FAILED:
@@ -222,13 +274,7 @@ class CompensationTransitions(StoreReads):
             if head.status != S.COMPENSATING:
                 return StepClaim(Claim.DONE)
             if dependents:
-                waiting_on = conn.execute(
-                    select(saga_step.c.name, saga_step.c.heartbeat_at).where(
-                        saga_step.c.saga_id == saga_id,
-                        saga_step.c.name.in_(list(dependents)),
-                        _unsettled(),
-                    )
-                ).first()
+                waiting_on = conn.execute(_UNSETTLED_DEPENDENT, params).first()
                 if waiting_on is not None:
                     return StepClaim(Claim.WAIT, retry_in=0.1)
             status, applied = StepStatus(row.status), bool(row.applied)
@@ -252,19 +298,7 @@ class CompensationTransitions(StoreReads):
                     return StepClaim(Claim.HALT)
                 self._try_finish_compensation(conn, saga_id, now)
                 return StepClaim(Claim.DONE)
-            claimed = conn.execute(
-                update(saga_step)
-                .where(step_key(saga_id, step), saga_step.c.status.in_(_UNDOING))
-                .values(
-                    status=T.COMPENSATING,
-                    compensation_attempts=saga_step.c.compensation_attempts + 1,
-                    compensation_started_at=row.compensation_started_at or now,
-                    heartbeat_at=now,
-                    task_id=task_of(token),
-                    resume_token=None,
-                )
-                .returning(saga_step.c.compensation_attempts, saga_step.c.result)
-            ).one()
+            claimed = conn.execute(_CLAIM_UNDO, params).one()
             self._event(
                 conn,
                 saga_id,
@@ -276,7 +310,8 @@ class CompensationTransitions(StoreReads):
                 worker=worker,
                 task_id=task_of(token),
             )
-            rows = conn.execute(step_inputs(saga_id, {*wanted, step})).all()
+            wanted = sorted({*wanted, step})
+            rows = conn.execute(STEP_INPUTS, {"sid": saga_id, "wanted": wanted}).all()
             return run_claim(rows, (), claimed.compensation_attempts, claimed.result)
 
     def retry_compensation(
@@ -325,15 +360,8 @@ class CompensationTransitions(StoreReads):
         now = self.clock()
         with self._begin() as conn:
             self._lock_saga(conn, saga_id)
-            done = conn.execute(
-                update(saga_step)
-                .where(
-                    step_key(saga_id, step),
-                    saga_step.c.status.in_(_UNDONE),
-                    saga_step.c.compensation_attempts == attempt,
-                )
-                .values(status=T.COMPENSATED, compensated_at=now)
-            )
+            params = {"sid": saga_id, "step": step, "attempt": attempt, "now": now}
+            done = conn.execute(_UNDONE_STEP, params)
             if done.rowcount != 1:
                 return False, False
             self._event(
@@ -391,13 +419,7 @@ class CompensationTransitions(StoreReads):
             return self._try_finish_compensation(conn, saga_id, self.clock())
 
     def _try_finish_compensation(self, conn: Connection, saga_id: str, now: float) -> bool:
-        unsettled = exists().where(saga_step.c.saga_id == saga_id, _unsettled())
-        done = conn.execute(
-            update(saga)
-            .where(saga.c.id == saga_id, saga.c.status.in_(_COMPENSATED), ~unsettled)
-            .values(status=S.COMPENSATED, updated_at=now, finished_at=now)
-            .returning(saga.c.created_at)
-        ).first()
+        done = conn.execute(_FINISH_UNDO, {"sid": saga_id, "now": now}).first()
         if done is None:
             return False
         took = round((now - done.created_at) * 1000, 3)

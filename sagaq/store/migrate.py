@@ -19,12 +19,10 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.exc import OperationalError
 
 from sagaq.errors import SagaqError, StoreUnavailableError
-from sagaq.store.schema import metadata
+from sagaq.store.schema import SCHEMA_LOCK, metadata
 from sagaq.store.store import SagaStore
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-# The advisory lock SagaStore.create_tables takes, so a worker starting during an upgrade waits.
-SCHEMA_LOCK = 7400111
 
 
 class SchemaMismatchError(SagaqError):

@@ -55,6 +55,7 @@ from sagaq.store.pg_statements import (
     STEP_ROWS,
 )
 from sagaq.store.records import SagaRecord, StepClaim, run_claim, saga_record
+from sagaq.store.schema import SCHEMA_LOCK, saga
 from sagaq.store.store import SagaStore, forward_failure
 
 S, T = SagaStatus, StepStatus
@@ -83,9 +84,16 @@ class PostgresStore(SagaStore):
             self._fast = fast
         return self._fast
 
-    def _create_functions(self, conn: Connection) -> None:
-        """Installs the functions that are missing or differ: a worker whose role may only read
-        and write rows starts on a database `sagaq db upgrade` brought up to date."""
+    def _lock_saga(self, conn: Connection, saga_id: str) -> None:
+        # In READ COMMITTED every later statement of the transaction takes a fresh snapshot.
+        conn.execute(select(saga.c.id).where(saga.c.id == saga_id).with_for_update())
+
+    def _create_schema(self, conn: Connection) -> None:
+        """The tables, then the functions that are missing or differ (a worker whose role may
+        only read and write rows starts on a database `sagaq db upgrade` brought up to date).
+        One process at a time: several workers may start at once."""
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        super()._create_schema(conn)
         found = conn.execute(
             text(
                 "SELECT proname, prosrc FROM pg_proc WHERE proname = ANY(:names) "

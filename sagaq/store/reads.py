@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import bindparam, select, tuple_, update
 
 from sagaq.status import SAGA_UNFINISHED, SagaStatus
 from sagaq.store.base import StoreBase
@@ -108,23 +108,24 @@ class StoreReads(StoreBase):
             return [dict(row._mapping) for row in rows]
 
 
-def step_inputs(saga_id: str, wanted: set[str]) -> Any:
-    """The saga row joined with the rows of the steps a step (or compensation) reads."""
-    return (
-        select(
-            saga.c.input,
-            saga.c.headers,
-            saga_step.c.name,
-            saga_step.c.status,
-            saga_step.c.result,
-            saga_step.c.data,
-        )
-        .select_from(
-            saga.outerjoin(
-                saga_step,
-                (saga_step.c.saga_id == saga.c.id) & saga_step.c.name.in_(sorted(wanted)),
-            )
-        )
-        .where(saga.c.id == saga_id)
-        .order_by(saga_step.c.position)
+# The saga row joined with the rows of the steps a step (or compensation) reads; parameters
+# `sid` and `wanted` (a list of step names).
+STEP_INPUTS = (
+    select(
+        saga.c.input,
+        saga.c.headers,
+        saga_step.c.name,
+        saga_step.c.status,
+        saga_step.c.result,
+        saga_step.c.data,
     )
+    .select_from(
+        saga.outerjoin(
+            saga_step,
+            (saga_step.c.saga_id == saga.c.id)
+            & saga_step.c.name.in_(bindparam("wanted", expanding=True)),
+        )
+    )
+    .where(saga.c.id == bindparam("sid"))
+    .order_by(saga_step.c.position)
+)

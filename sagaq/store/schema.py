@@ -26,6 +26,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 metadata = MetaData()
 
 Json = JSON().with_variant(JSONB(), "postgresql")
+# The PostgreSQL advisory lock held while the schema is created or upgraded (by the store when
+# it starts, and by `sagaq db upgrade`), so that two processes never change it at once.
+SCHEMA_LOCK = 7400111
 
 saga = Table(
     "saga",

@@ -16,6 +16,8 @@ from sagaq.store.schema import saga, saga_step
 S, T = SagaStatus, StepStatus
 
 _PUBLISHED = saga_move([S.PENDING], S.RUNNING)
+# Built once (a call binds its values).
+_ADD_SAGA, _ADD_STEPS = insert(saga), insert(saga_step)
 
 
 class StartTransitions(CompensationTransitions):
@@ -43,23 +45,24 @@ class StartTransitions(CompensationTransitions):
         try:
             with self._begin() as conn:
                 conn.execute(
-                    insert(saga).values(
-                        id=saga_id,
-                        name=name,
-                        status=S.RUNNING,
-                        input=input,
-                        idempotency_key=idempotency_key,
-                        deadline_at=deadline_at,
-                        headers=headers,
-                        parent_id=parent_id,
-                        parent_step=parent_step,
-                        steps_left=len(steps),
-                        created_at=now,
-                        updated_at=now,
-                    )
+                    _ADD_SAGA,
+                    {
+                        "id": saga_id,
+                        "name": name,
+                        "status": S.RUNNING,
+                        "input": input,
+                        "idempotency_key": idempotency_key,
+                        "deadline_at": deadline_at,
+                        "headers": headers,
+                        "parent_id": parent_id,
+                        "parent_step": parent_step,
+                        "steps_left": len(steps),
+                        "created_at": now,
+                        "updated_at": now,
+                    },
                 )
                 conn.execute(
-                    insert(saga_step),
+                    _ADD_STEPS,
                     [
                         {
                             "saga_id": saga_id,

@@ -8,14 +8,15 @@ compensation.py, reads in reads.py."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, exists, func, select, update
+from sqlalchemy import Connection, bindparam, exists, func, select, update
 from sqlalchemy.engine import make_url
 
 from sagaq.status import SAGA_ACTIVE, STEP_DONE, SagaStatus, StepStatus, saga_move, step_move
-from sagaq.store.base import step_key, task_of
-from sagaq.store.reads import step_inputs
+from sagaq.store.base import STEP_KEY, step_key, task_of
+from sagaq.store.reads import STEP_INPUTS
 from sagaq.store.records import Claim, StepClaim, run_claim
 from sagaq.store.schema import saga, saga_step
 from sagaq.store.start import StartTransitions
@@ -29,6 +30,115 @@ _RETRY_LATER = step_move([T.RUNNING], T.PENDING)
 _GAVE_UP = step_move([T.RUNNING], T.FAILED)
 _RESUMED = saga_move([S.FAILED], S.RUNNING)
 _RESET = step_move([T.FAILED, T.SKIPPED], T.PENDING)
+
+# -- the hot statements, built once per shape: a call binds its values (sid, step, now, ...)
+# instead of building SQL each time ----------------------------------------------------------
+
+_ACTIVE = exists().where(saga.c.id == bindparam("sid"), saga.c.status.in_(SAGA_ACTIVE))
+_LOCK_ACTIVE_SAGA = (
+    update(saga)
+    .where(saga.c.id == bindparam("sid"), saga.c.status.in_(SAGA_ACTIVE))
+    .values(updated_at=saga.c.updated_at)
+)
+
+
+def _saga_ok(past_pivot: bool) -> Any:
+    """The saga is active, and within its deadline unless the step is past the pivot."""
+    in_time = saga.c.deadline_at.is_(None) | (saga.c.deadline_at > bindparam("now"))
+    return exists().where(
+        saga.c.id == bindparam("sid"),
+        saga.c.status.in_(SAGA_ACTIVE),
+        *(() if past_pivot else (in_time,)),
+    )
+
+
+@cache
+def _resume(past_pivot: bool) -> Any:
+    """The poll an attempt scheduled for itself takes its step back."""
+    return (
+        update(saga_step)
+        .where(
+            STEP_KEY,
+            saga_step.c.status == T.RUNNING,
+            saga_step.c.resume_token == bindparam("token"),
+            _saga_ok(past_pivot),
+        )
+        .values(heartbeat_at=bindparam("now"), resume_token=None)
+        .returning(saga_step.c.attempts)
+    )
+
+
+@cache
+def _complete(status: StepStatus) -> Any:
+    """The attempt that holds the step ends it (COMPLETED, or SKIPPED by its `when`)."""
+    return (
+        update(saga_step)
+        .where(
+            STEP_KEY,
+            saga_step.c.status.in_(step_move([T.RUNNING], status)),
+            saga_step.c.attempts == bindparam("attempt"),
+        )
+        .values(
+            status=status,
+            result=bindparam("b_result", type_=saga_step.c.result.type),
+            data=bindparam("b_data", type_=saga_step.c.data.type),
+            finished_at=bindparam("now"),
+        )
+    )
+
+
+_COUNT_DOWN = (
+    update(saga)
+    .where(saga.c.id == bindparam("sid"))
+    .values(steps_left=saga.c.steps_left - 1)
+    .returning(saga.c.steps_left)
+)
+_FINISH = (
+    update(saga)
+    .where(
+        saga.c.id == bindparam("sid"),
+        saga.c.status.in_(_FINISHED),
+        ~exists().where(
+            saga_step.c.saga_id == bindparam("sid"), saga_step.c.status.not_in(STEP_DONE)
+        ),
+    )
+    .values(status=S.COMPLETED, updated_at=bindparam("now"), finished_at=bindparam("now"))
+    .returning(saga.c.created_at)
+)
+
+
+@cache
+def _claim(is_pivot: bool, past_pivot: bool, with_deps: bool) -> Any:
+    """PENDING (or RUNNING with an expired lease) -> RUNNING, as claim_step describes."""
+    saga_ok = _saga_ok(past_pivot)
+    fresh = saga_step.c.status == T.PENDING
+    lost = (saga_step.c.status == T.RUNNING) & (saga_step.c.heartbeat_at <= bindparam("expired"))
+    # A pivot that started before the deadline may have applied: a lost attempt is taken over
+    # whatever the deadline (compensation is refused once it started).
+    allowed = ((fresh & saga_ok) | (lost & _ACTIVE)) if is_pivot else ((fresh | lost) & saga_ok)
+    deps_done = ~exists().where(
+        saga_step.c.saga_id == bindparam("sid"),
+        saga_step.c.name.in_(bindparam("deps", expanding=True)),
+        saga_step.c.status.not_in(STEP_DONE),
+    )
+    return (
+        update(saga_step)
+        .where(
+            STEP_KEY,
+            saga_step.c.status.in_(_CLAIMED),
+            allowed,
+            *((deps_done,) if with_deps else ()),
+        )
+        .values(
+            status=T.RUNNING,
+            attempts=saga_step.c.attempts + 1,
+            task_id=bindparam("claimer"),
+            resume_token=None,
+            heartbeat_at=bindparam("now"),
+            started_at=func.coalesce(saga_step.c.started_at, bindparam("now")),
+        )
+        .returning(saga_step.c.attempts)
+    )
 
 
 class SagaStore(StartTransitions):
@@ -67,71 +177,30 @@ class SagaStore(StartTransitions):
         lease holds it, or a dependency is not done yet), EXPIRED (the deadline passed) or STOP
         (the saga moved on). A refused claim never changes anything."""
         now = self.clock()
+        params = {
+            "sid": saga_id,
+            "step": step,
+            "now": now,
+            "expired": now - lease,
+            "deps": list(deps),
+            "token": token,
+            "claimer": task_of(token),
+            "wanted": sorted({*wanted, *deps}),
+        }
         with self._begin() as conn:
             if is_pivot:  # serialize with cancel/deadline, which refuse once the pivot started
                 # (updated_at unchanged: a pivot polling for a dependency is no sign of life,
                 # or the sweeper would never see the saga stalled and re-publish what was lost)
-                conn.execute(
-                    update(saga)
-                    .where(saga.c.id == saga_id, saga.c.status.in_(SAGA_ACTIVE))
-                    .values(updated_at=saga.c.updated_at)
-                )
-            in_time = saga.c.deadline_at.is_(None) | (saga.c.deadline_at > now)
-            saga_ok = exists().where(
-                saga.c.id == saga_id,
-                saga.c.status.in_(SAGA_ACTIVE),
-                *(() if past_pivot else (in_time,)),
-            )
-            deps_done = ~exists().where(
-                saga_step.c.saga_id == saga_id,
-                saga_step.c.name.in_(list(deps)),
-                saga_step.c.status.not_in(STEP_DONE),
-            )
+                conn.execute(_LOCK_ACTIVE_SAGA, params)
             # A resume token is always a retry's (Delivery.next_token, "#1" or more): a first
             # delivery cannot resume anything, which spares the statement on the common path.
             mine = None
             if not token.endswith("#0"):
-                mine = conn.execute(
-                    update(saga_step)
-                    .where(
-                        step_key(saga_id, step),
-                        saga_step.c.status == T.RUNNING,
-                        saga_step.c.resume_token == token,
-                        saga_ok,
-                    )
-                    .values(heartbeat_at=now, resume_token=None)
-                    .returning(saga_step.c.attempts)
-                ).first()
+                mine = conn.execute(_resume(past_pivot), params).first()
             if mine is not None:
-                rows = conn.execute(step_inputs(saga_id, {*wanted, *deps})).all()
+                rows = conn.execute(STEP_INPUTS, params).all()
                 return run_claim(rows, deps, mine.attempts, resumed=True)
-            fresh = saga_step.c.status == T.PENDING
-            lost = (saga_step.c.status == T.RUNNING) & (saga_step.c.heartbeat_at <= now - lease)
-            if is_pivot:
-                # A pivot that started before the deadline may have applied: a lost attempt
-                # is taken over whatever the deadline (compensation is refused once it started).
-                active = exists().where(saga.c.id == saga_id, saga.c.status.in_(SAGA_ACTIVE))
-                allowed = (fresh & saga_ok) | (lost & active)
-            else:
-                allowed = (fresh | lost) & saga_ok
-            row = conn.execute(
-                update(saga_step)
-                .where(
-                    step_key(saga_id, step),
-                    saga_step.c.status.in_(_CLAIMED),
-                    allowed,
-                    *((deps_done,) if deps else ()),
-                )
-                .values(
-                    status=T.RUNNING,
-                    attempts=saga_step.c.attempts + 1,
-                    task_id=task_of(token),
-                    resume_token=None,
-                    heartbeat_at=now,
-                    started_at=func.coalesce(saga_step.c.started_at, now),
-                )
-                .returning(saga_step.c.attempts)
-            ).first()
+            row = conn.execute(_claim(is_pivot, past_pivot, bool(deps)), params).first()
             if row is None:
                 return self._refused_claim(
                     conn, saga_id, step, deps, now, lease, past_pivot, is_pivot=is_pivot
@@ -147,7 +216,7 @@ class SagaStore(StartTransitions):
                 worker=worker,
                 task_id=task_of(token),
             )
-            rows = conn.execute(step_inputs(saga_id, {*wanted, *deps})).all()
+            rows = conn.execute(STEP_INPUTS, params).all()
             return run_claim(rows, deps, row.attempts)
 
     def _refused_claim(
@@ -296,16 +365,16 @@ class SagaStore(StartTransitions):
         completes after its saga began compensating is recorded all the same: its
         compensation is waiting for it."""
         now = self.clock()
+        params = {
+            "sid": saga_id,
+            "step": step,
+            "attempt": attempt,
+            "now": now,
+            "b_result": result,
+            "b_data": data,
+        }
         with self._begin() as conn:
-            done = conn.execute(
-                update(saga_step)
-                .where(
-                    step_key(saga_id, step),
-                    saga_step.c.status.in_(step_move([T.RUNNING], status)),
-                    saga_step.c.attempts == attempt,
-                )
-                .values(status=status, result=result, data=data, finished_at=now)
-            )
+            done = conn.execute(_complete(status), params)
             if done.rowcount != 1:
                 return False, False
             self._event(
@@ -323,24 +392,11 @@ class SagaStore(StartTransitions):
 
     def _count_down(self, conn: Connection, saga_id: str, now: float) -> bool:
         """One forward step fewer to go; the last one finishes the saga."""
-        left = conn.execute(
-            update(saga)
-            .where(saga.c.id == saga_id)
-            .values(steps_left=saga.c.steps_left - 1)
-            .returning(saga.c.steps_left)
-        ).scalar()
+        left = conn.execute(_COUNT_DOWN, {"sid": saga_id}).scalar()
         return left == 0 and self._try_finish(conn, saga_id, now)
 
     def _try_finish(self, conn: Connection, saga_id: str, now: float) -> bool:
-        unfinished = exists().where(
-            saga_step.c.saga_id == saga_id, saga_step.c.status.not_in(STEP_DONE)
-        )
-        done = conn.execute(
-            update(saga)
-            .where(saga.c.id == saga_id, saga.c.status.in_(_FINISHED), ~unfinished)
-            .values(status=S.COMPLETED, updated_at=now, finished_at=now)
-            .returning(saga.c.created_at)
-        ).first()
+        done = conn.execute(_FINISH, {"sid": saga_id, "now": now}).first()
         if done is None:
             return False
         took = round((now - done.created_at) * 1000, 3)
