@@ -48,7 +48,7 @@ SELECT id FROM created
 """
 
 # What a claim returns besides its own columns: the saga's input and headers, and the rows of
-# the steps it wants (its ancestors' results and data), as the portable step_inputs() reads them.
+# the steps it wants (its ancestors' results and data), as the portable STEP_INPUTS reads them.
 _WITH_INPUTS = """JOIN saga s ON s.id = %(sid)s
 LEFT JOIN saga_step st ON st.saga_id = s.id AND st.name = ANY(%(wanted)s::text[])
 ORDER BY st.position
