@@ -195,17 +195,21 @@ class Function(NamedTuple):
     ddl: str
 
 
-def _locked(name: str, args: dict[str, str], returns: str, statement: str) -> tuple[Function, str]:
+def _locked(
+    name: str, args: dict[str, str], returns: str, statement: str, *, durable: bool = True
+) -> tuple[Function, str]:
     """`statement` as a PL/pgSQL function that takes the saga's row lock first: in READ
     COMMITTED each statement inside a function takes a fresh snapshot, so the statement sees
     whatever the previous holder of the lock committed (two last compensations finishing at once
     cannot each miss the other), in one round trip and one autocommit transaction. Returns the
     function and the statement that calls it; its arguments are the statement's parameters,
-    `%(x)s` becoming `p_x`, cast to `args`' types."""
+    `%(x)s` becoming `p_x`, cast to `args`' types. Not `durable`: its transaction commits with
+    synchronous_commit off, as CLAIM does."""
     body = re.sub(r"%\((\w+)\)s", r"p_\1", statement)
+    not_durable = "" if durable else "\n    PERFORM set_config('synchronous_commit', 'off', true);"
     source = f"""
 #variable_conflict use_column
-BEGIN
+BEGIN{not_durable}
     PERFORM 1 FROM saga WHERE id = p_sid FOR UPDATE;
     RETURN QUERY {body};
 END
@@ -235,6 +239,7 @@ _CLAIM_UNDO_FN, CLAIM_UNDO = _locked(
     "attempts integer, undo_result jsonb, input jsonb, headers jsonb, name varchar, "
     "status varchar, result jsonb, data jsonb",
     _CLAIM_UNDO,
+    durable=False,  # like a step's claim: a claim lost in a crash is claimed again
 )
 _COMPLETE_UNDO_FN, COMPLETE_UNDO = _locked(
     "sagaq_complete_compensation",

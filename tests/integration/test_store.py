@@ -234,15 +234,22 @@ def at_once(call: Callable[[str], T_], args: list[str]) -> list[T_]:
 
 
 def test_a_claim_is_not_durable_but_leaves_its_connection_durable(tmp_path: Path) -> None:
-    # The claim turns synchronous_commit off for its own transaction only: a completion that
-    # follows on the same connection (or, behind PgBouncer, anyone's) still waits for the WAL.
+    # A claim (of a step, or of a compensation) turns synchronous_commit off for its own
+    # transaction only: a completion that follows on the same connection (or, behind PgBouncer,
+    # anyone's) still waits for the WAL.
     require(PG_URL)
     with pg_schema_url() as url:
         store = SagaStore(url)
         saga_id = new_saga(store)
-        claim(store, saga_id, "a")
-        with store._raw() as conn:  # type: ignore[attr-defined]  # the PostgreSQL fast path
-            assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        complete(store, saga_id, "a", "A")
+        for claimed in ("step", "compensation"):
+            if claimed == "compensation":
+                store.begin_compensation(saga_id, cause="cancel", reason="cancelled")
+                claim_undo(store, saga_id, "a")
+            else:
+                claim(store, saga_id, "b", deps=["a"])
+            with store._raw() as conn:  # type: ignore[attr-defined]  # the PostgreSQL fast path
+                assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",), claimed
         store.dispose()
 
 
