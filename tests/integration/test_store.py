@@ -241,15 +241,17 @@ def test_a_claim_is_not_durable_but_leaves_its_connection_durable(tmp_path: Path
     with pg_schema_url() as url:
         store = SagaStore(url)
         saga_id = new_saga(store)
-        complete(store, saga_id, "a", "A")
-        for claimed in ("step", "compensation"):
-            if claimed == "compensation":
-                store.begin_compensation(saga_id, cause="cancel", reason="cancelled")
-                claim_undo(store, saga_id, "a")
-            else:
-                claim(store, saga_id, "b", deps=["a"])
+
+        def synchronous_commit() -> str:
             with store._raw() as conn:  # type: ignore[attr-defined]  # the PostgreSQL fast path
-                assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",), claimed
+                return str(conn.execute("SHOW synchronous_commit").fetchone()[0])
+
+        complete(store, saga_id, "a", "A")
+        claim(store, saga_id, "b", deps=["a"])
+        assert synchronous_commit() == "on"  # after a step's claim
+        store.begin_compensation(saga_id, cause="cancel", reason="cancelled")
+        claim_undo(store, saga_id, "a")
+        assert synchronous_commit() == "on"  # after a compensation's claim
         store.dispose()
 
 
